@@ -1,0 +1,185 @@
+"""`Encoder.encode()`: images in, `(n, dim)` float32 unit rows out, like sentence-transformers.
+
+Decoding and preprocessing run on a thread pool while the model runs on the previous batch
+(Pillow, NumPy and ONNX Runtime all release the GIL), so the model is kept busy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lookalike.encoders.heads import L2Normalized
+from lookalike.encoders.preprocess import Preprocess
+from lookalike.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
+from lookalike.encoders.runtime import (
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    export_onnx,
+    onnx_path,
+)
+from lookalike.encoders.weights import fingerprint
+from lookalike.errors import ImageError, LookalikeError
+from lookalike.images import Box, ImageSource, decode
+
+#: An image, or an image and the box to crop from it.
+EncodeInput = Union[ImageSource, tuple[ImageSource, Box]]
+BackendName = Literal["auto", "onnx", "torch"]
+
+
+@dataclass
+class EncodedBatch:
+    """Vectors for the inputs at `positions`; the inputs that failed, with their error."""
+
+    positions: list[int]
+    vectors: np.ndarray
+    failures: list[tuple[int, ImageError]] = field(default_factory=list)
+
+
+class Encoder:
+    """A loaded backbone with its preprocessing and the runtime that executes it."""
+
+    def __init__(self, spec: EncoderSpec, module: torch.nn.Module, backend: Backend) -> None:
+        self.spec = spec
+        self.module = module
+        self.backend = backend
+        self.fingerprint = fingerprint(module)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    def describe(self) -> dict[str, object]:
+        """What a collection records to recognise this encoder later."""
+        return {
+            "name": self.name,
+            "weights_sha256": self.fingerprint,
+            "dim": self.dim,
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+    def prepare(self, item: EncodeInput) -> np.ndarray:
+        """Decode (and crop) one input into a model-ready (3, S, S) array."""
+        if isinstance(item, tuple):
+            source, box = item
+            return self.preprocess(decode(source).crop(box))
+        return self.preprocess(decode(item, draft_size=self.preprocess.size).image)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The bare forward pass on a preprocessed (B, 3, S, S) batch."""
+        out = self.backend(np.ascontiguousarray(pixels, dtype=np.float32))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def iter_batches(
+        self,
+        items: Sequence[EncodeInput],
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[EncodedBatch]:
+        """Encode `items` batch by batch; a bad image is reported, not raised."""
+        if batch_size < 1:
+            raise LookalikeError(f"batch_size must be >= 1, got {batch_size}")
+        workers = workers or os.cpu_count() or 1
+        bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1)
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+            upcoming = iter(enumerate(items))
+
+            def top_up() -> None:
+                while len(pending) < 2 * batch_size + workers:
+                    nxt = next(upcoming, None)
+                    if nxt is None:
+                        return
+                    pending.append((nxt[0], pool.submit(self.prepare, nxt[1])))
+
+            top_up()
+            while pending:
+                positions: list[int] = []
+                arrays: list[np.ndarray] = []
+                failures: list[tuple[int, ImageError]] = []
+                while pending and len(positions) < batch_size:
+                    pos, future = pending.popleft()
+                    top_up()
+                    try:
+                        arrays.append(future.result())
+                        positions.append(pos)
+                    except ImageError as exc:
+                        failures.append((pos, exc))
+                vectors = (
+                    self.embed_pixels(np.stack(arrays))
+                    if arrays else np.empty((0, self.dim), np.float32)
+                )
+                bar.update(len(positions) + len(failures))
+                yield EncodedBatch(positions, vectors, failures)
+        bar.close()
+
+    def encode(
+        self,
+        items: Sequence[EncodeInput] | EncodeInput,
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embed images (paths, bytes, PIL images, or `(image, box)` crops).
+
+        Returns float32 of shape `(n, dim)` with unit rows; a single input gives `(dim,)`.
+        Raises `ImageError` on the first bad image.
+        """
+        single = not isinstance(items, (list, Sequence)) or isinstance(items, (str, bytes, tuple))
+        batch = [items] if single else list(items)  # type: ignore[list-item]
+        out = np.empty((len(batch), self.dim), np.float32)
+        for encoded in self.iter_batches(batch, batch_size=batch_size, progress=progress):
+            if encoded.failures:
+                raise encoded.failures[0][1]
+            out[encoded.positions] = encoded.vectors
+        return out[0] if single else out
+
+
+def create_encoder(
+    name: str = DEFAULT_ENCODER,
+    *,
+    weights: str | Path | None = None,
+    backend: BackendName = "auto",
+    device: str | None = None,
+) -> Encoder:
+    """Load an encoder by name (`list_encoders()`, or `timm:MODEL`).
+
+    `backend="auto"` runs PyTorch on a GPU when there is one, else ONNX Runtime on the CPU
+    (the graph is exported once and cached). `weights` overrides the entry's weights file.
+    """
+    spec = get_spec(name)
+    module = L2Normalized(spec.load(Path(weights) if weights else None)).eval()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = backend
+    if chosen == "auto":
+        chosen = "torch" if device != "cpu" else "onnx"
+    if chosen == "torch":
+        return Encoder(spec, module, TorchBackend(module, device))
+    if chosen != "onnx":
+        raise LookalikeError(f"backend must be auto, onnx or torch, got {backend!r}")
+    encoder = Encoder(spec, module, TorchBackend(module, "cpu"))
+    path = export_onnx(module, spec.preprocess.size, onnx_path(name, encoder.fingerprint))
+    encoder.backend = OnnxBackend(path)
+    return encoder

@@ -1,0 +1,66 @@
+"""The encoder registry: one name -> one spec, the one path `create_encoder` and the CLI take.
+
+Names are registered names (`efficientnet_lite0`), `timm:MODEL` for any timm model (weights
+from the hub when online, or from a file), or a folder holding a trained model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from lookalike.encoders.preprocess import Preprocess
+from lookalike.errors import LookalikeError
+
+#: The encoder used when none is named.
+DEFAULT_ENCODER = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a registry entry knows before anything is loaded.
+
+    `load(weights)` builds the architecture and loads weights (from `weights` when given,
+    else from the entry's own source) and returns a module mapping a `(B, 3, S, S)` batch
+    to `(B, dim)` embeddings, not yet normalised.
+    """
+
+    name: str
+    dim: int
+    preprocess: Preprocess
+    weights_source: str
+    description: str
+    load: Callable[[Path | None], nn.Module]
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, e.g. `list_encoders("*lite*")`."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """The spec for `name`: a registered name or `timm:MODEL`."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm:"):
+        from lookalike.encoders.timm_models import timm_spec
+
+        return timm_spec(name.removeprefix("timm:"))
+    raise LookalikeError(
+        f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())} "
+        "or timm:MODEL_NAME"
+    )

@@ -1,0 +1,100 @@
+"""Where the forward pass runs: ONNX Runtime on CPU (the fast path), PyTorch on GPU.
+
+The ONNX graph is exported once per (encoder, weights fingerprint) and cached under the
+user's cache dir, written atomically so concurrent or interrupted exports never leave a
+broken file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+_EXPORT_VERSION = 1  # bump when the exported graph changes for the same weights
+
+
+def cache_dir() -> Path:
+    """`$LOOKALIKE_CACHE`, else `$XDG_CACHE_HOME/lookalike`, else `~/.cache/lookalike`."""
+    if env := os.environ.get("LOOKALIKE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lookalike"
+
+
+class Backend(Protocol):
+    name: str
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float32 -> (B, D) float32 unit rows."""
+        ...
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, module: nn.Module, device: str) -> None:
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            out = self.module(batch)
+        return out.float().cpu().numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: pixels})
+        return np.asarray(out, dtype=np.float32)
+
+
+def onnx_path(encoder_name: str, weights_fingerprint: str) -> Path:
+    safe = encoder_name.replace(":", "-").replace("/", "_")
+    return cache_dir() / "onnx" / f"{safe}-{weights_fingerprint[:16]}-v{_EXPORT_VERSION}.onnx"
+
+
+def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
+    """Export `module` (batch dimension dynamic) to `path` unless it is already there."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 3, size, size)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.cpu().eval(), (dummy,), tmp, input_names=["pixels"],
+                output_names=["embedding"], dynamic_axes={"pixels": {0: "batch"},
+                                                          "embedding": {0: "batch"}},
+                opset_version=17, dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

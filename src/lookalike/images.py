@@ -1,0 +1,153 @@
+"""Safe image decoding: every odd or bad file becomes RGB pixels or one clear `ImageError`.
+
+Boxes are `(x0, y0, x1, y1)` in pixels of the image as a viewer shows it (EXIF orientation
+applied), x1 and y1 exclusive.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lookalike.errors import ImageError
+
+Box = tuple[int, int, int, int]
+ImageSource = Union[str, Path, bytes, Image.Image]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+#: Decompression-bomb guard: 100 megapixels, e.g. 10,000 x 10,000.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# PIL's own bomb check raises at twice its limit; ours runs first, from the header alone.
+Image.MAX_IMAGE_PIXELS = None
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """RGB pixels plus the size of the full image, which may be larger when JPEG draft mode
+    decoded a reduced version. Boxes stay in full-size pixels."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    source: str
+
+    @property
+    def scale(self) -> float:
+        return self.image.width / self.full_size[0]
+
+    def crop(self, box: Box) -> Image.Image:
+        """The region `box` (full-size pixels) of the decoded pixels."""
+        x0, y0, x1, y1 = validate_box(box, self.full_size, self.source)
+        s = self.scale
+        scaled = (int(x0 * s), int(y0 * s), max(int(round(x1 * s)), int(x0 * s) + 1),
+                  max(int(round(y1 * s)), int(y0 * s) + 1))
+        return self.image.crop(scaled)
+
+
+def describe(source: ImageSource) -> str:
+    """A short name for error messages."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__} {source.size[0]}x{source.size[1]}>"
+
+
+def decode(
+    source: ImageSource,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Open `source` as RGB with its EXIF orientation applied.
+
+    `draft_size` lets JPEG decoding skip detail beyond what a `draft_size`-pixel model input
+    needs (DCT scaling, several times faster on large photos). Raises `ImageError`.
+    """
+    name = describe(source)
+    try:
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+            if isinstance(fp, Path) and not fp.is_file():
+                raise ImageError(name, "no such file" if not fp.exists() else "not a file")
+            img = Image.open(fp)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                name, f"{width}x{height} pixels is over the limit of {max_pixels:,} pixels"
+            )
+        if width == 0 or height == 0:
+            raise ImageError(name, "image has no pixels")
+        if isinstance(img, Image.Image) and img.format == "JPEG" and draft_size:
+            img.draft("RGB", (draft_size, draft_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's EXIF and palette warnings are not errors
+            img.load()
+            oriented = ImageOps.exif_transpose(img) or img
+            rgb = to_rgb(oriented)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image file, or a format Pillow cannot read") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(name, f"cannot decode: {exc}") from None
+    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    full = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return DecodedImage(rgb, full, name)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: transparency over white, 16-bit and float
+    grayscale rescaled (PIL's own convert clips them), CMYK and palettes through PIL."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if (img.mode.startswith("I") and arr.max(initial=0) > 255) else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def validate_box(box: Box | list[int], size: tuple[int, int], source: str = "image") -> Box:
+    """Check that a crop box is four integers, non-empty and inside an image of `size`."""
+    if len(box) != 4:
+        raise ImageError(source, f"crop box must be X0,Y0,X1,Y1, got {list(box)}")
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise ImageError(source, f"crop box must hold integers, got {list(box)}") from None
+    width, height = size
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ImageError(
+            source,
+            f"crop box {x0},{y0},{x1},{y1} is empty or outside the {width}x{height} image",
+        )
+    return x0, y0, x1, y1
+
+
+def parse_box(text: str) -> Box:
+    """Parse `X0,Y0,X1,Y1` as typed on a command line."""
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise ValueError(f"crop box must be four integers X0,Y0,X1,Y1, got {text!r}")
+    x0, y0, x1, y1 = (int(p) for p in parts)
+    return x0, y0, x1, y1
