@@ -39,10 +39,12 @@ BackendName = Literal["auto", "onnx", "torch"]
 
 @dataclass
 class EncodedBatch:
-    """Vectors for the inputs at `positions`; the inputs that failed, with their error."""
+    """Vectors for the inputs at `positions` (and each image's full size, as displayed);
+    the inputs that failed, with their error."""
 
     positions: list[int]
     vectors: np.ndarray
+    sizes: list[tuple[int, int]]
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
 
 
@@ -76,12 +78,14 @@ class Encoder:
             "preprocess": self.preprocess.to_dict(),
         }
 
-    def prepare(self, item: EncodeInput) -> np.ndarray:
-        """Decode (and crop) one input into a model-ready (3, S, S) array."""
+    def prepare(self, item: EncodeInput) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode (and crop) one input: a model-ready (3, S, S) array and the image's size."""
         if isinstance(item, tuple):
             source, box = item
-            return self.preprocess(decode(source).crop(box))
-        return self.preprocess(decode(item, draft_size=self.preprocess.size).image)
+            decoded = decode(source)
+            return self.preprocess(decoded.crop(box)), decoded.full_size
+        decoded = decode(item, draft_size=self.preprocess.size)
+        return self.preprocess(decoded.image), decoded.full_size
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The bare forward pass on a preprocessed (B, 3, S, S) batch."""
@@ -103,7 +107,7 @@ class Encoder:
         workers = workers or os.cpu_count() or 1
         bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1)
         with ThreadPoolExecutor(workers) as pool:
-            pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+            pending: deque[tuple[int, Future[tuple[np.ndarray, tuple[int, int]]]]] = deque()
             upcoming = iter(enumerate(items))
 
             def top_up() -> None:
@@ -117,12 +121,15 @@ class Encoder:
             while pending:
                 positions: list[int] = []
                 arrays: list[np.ndarray] = []
+                sizes: list[tuple[int, int]] = []
                 failures: list[tuple[int, ImageError]] = []
                 while pending and len(positions) < batch_size:
                     pos, future = pending.popleft()
                     top_up()
                     try:
-                        arrays.append(future.result())
+                        array, size = future.result()
+                        arrays.append(array)
+                        sizes.append(size)
                         positions.append(pos)
                     except ImageError as exc:
                         failures.append((pos, exc))
@@ -131,7 +138,7 @@ class Encoder:
                     if arrays else np.empty((0, self.dim), np.float32)
                 )
                 bar.update(len(positions) + len(failures))
-                yield EncodedBatch(positions, vectors, failures)
+                yield EncodedBatch(positions, vectors, sizes, failures)
         bar.close()
 
     def encode(

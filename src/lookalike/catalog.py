@@ -1,0 +1,162 @@
+"""The collection's SQLite catalog: one row per image file, one row per vector.
+
+It is the source of truth (the index is derived from it) and every change is one
+transaction, so a crash at any moment leaves the last committed state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.images import Box
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,          -- path relative to the indexed root, '/' separators
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
+CREATE TABLE IF NOT EXISTS vectors (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a deleted id never comes back
+    image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    """One vector of an image: the whole image, or a region given by its box."""
+
+    image_id: str
+    box: Box
+    vector: np.ndarray
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing; bumps the generation that tells derived files they are stale."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute(
+                "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @property
+    def generation(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def images(self) -> dict[str, ImageRecord]:
+        rows = self.db.execute(
+            "SELECT id, size, mtime_ns, sha256, width, height, status, error FROM images"
+        )
+        return {r[0]: ImageRecord(*r) for r in rows}
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        row = self.db.execute(
+            "SELECT id, size, mtime_ns, sha256, width, height, status, error FROM images "
+            "WHERE id = ?", (image_id,)
+        ).fetchone()
+        return ImageRecord(*row) if row else None
+
+    def put_image(self, db: sqlite3.Connection, record: ImageRecord, rows: Iterable[VectorRow]
+                  ) -> None:
+        """Insert or replace an image and all its vectors."""
+        db.execute("DELETE FROM vectors WHERE image_id = ?", (record.id,))
+        db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+            record.id, record.size, record.mtime_ns, record.sha256, record.width,
+            record.height, record.status, record.error,
+        ))
+        db.executemany(
+            "INSERT INTO vectors (image_id, x0, y0, x1, y1, vector) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.image_id, *r.box, np.asarray(r.vector, np.float32).tobytes()) for r in rows],
+        )
+
+    def remove_images(self, db: sqlite3.Connection, ids: Iterable[str]) -> None:
+        db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+
+    def vector_rows(self, image_id: str) -> list[VectorRow]:
+        rows = self.db.execute(
+            "SELECT image_id, x0, y0, x1, y1, vector FROM vectors WHERE image_id = ? "
+            "ORDER BY vid", (image_id,)
+        )
+        return [VectorRow(r[0], (r[1], r[2], r[3], r[4]), np.frombuffer(r[5], np.float32))
+                for r in rows]
+
+    def ok_image_with_hash(self, sha256: str) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM images WHERE sha256 = ? AND status = 'ok' LIMIT 1", (sha256,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """(vids, vectors, image ids, boxes) of every vector, in vid order."""
+        rows = self.db.execute(
+            "SELECT vid, image_id, x0, y0, x1, y1, vector FROM vectors ORDER BY vid"
+        ).fetchall()
+        vids = np.array([r[0] for r in rows], np.int64)
+        vectors = np.frombuffer(b"".join(r[6] for r in rows), np.float32).reshape(-1, dim)
+        boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
+        return vids, vectors, [r[1] for r in rows], boxes
+
+    def vector_map(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(vids, image ids, boxes) without the vectors."""
+        rows = self.db.execute(
+            "SELECT vid, image_id, x0, y0, x1, y1 FROM vectors ORDER BY vid"
+        ).fetchall()
+        vids = np.array([r[0] for r in rows], np.int64)
+        boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
+        return vids, [r[1] for r in rows], boxes

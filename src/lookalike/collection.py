@@ -1,0 +1,374 @@
+"""A persistent, incrementally updated collection of images and their vectors.
+
+Layout of a collection folder:
+
+    manifest.json    encoder (name, weights sha256, dim, preprocessing), index spec, version
+    catalog.sqlite   images (id, size, mtime, sha256, width, height, status, error) and
+                     vectors (one or more per image: the whole image, later its regions)
+    index.npz        the search index, derived from the catalog
+    index.json       the catalog generation the index reflects; a mismatch means rebuild
+
+The catalog commits one batch at a time, so killing the process and re-running resumes
+where it stopped; manifest and index are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lookalike.catalog import Catalog, ImageRecord, VectorRow
+from lookalike.encoders import DEFAULT_ENCODER, Encoder, EncodeInput, create_encoder
+from lookalike.errors import LookalikeError
+from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource
+from lookalike.index import FlatIndex, VectorIndex, create_index
+
+FORMAT_VERSION = 1
+Metric = Literal["cosine", "dot", "l2"]
+METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: an indexed image, its score (higher is more similar) and the box of the
+    vector that matched (the whole image unless regions are indexed)."""
+
+    rank: int
+    id: str
+    path: str
+    score: float
+    box: Box
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
+                "box": list(self.box)}
+
+
+@dataclass
+class IndexReport:
+    """What one `index_folder` run changed."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unchanged: int = 0
+
+    def summary(self) -> str:
+        return (f"{len(self.added)} added, {len(self.updated)} updated, "
+                f"{len(self.renamed)} reused (renamed or copied), {len(self.removed)} removed, "
+                f"{len(self.failed)} failed, {self.unchanged} unchanged")
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_images(root: Path) -> dict[str, Path]:
+    """Image files under `root`, recursively, keyed by their id (relative path, '/')."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                path = Path(dirpath) / name
+                found[path.relative_to(root).as_posix()] = path
+    return dict(sorted(found.items()))
+
+
+class Collection:
+    """Open with `Collection.open(path)` or `Collection.create(path, encoder=...)`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], encoder: Encoder | None = None
+                 ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.catalog = Catalog(path / "catalog.sqlite")
+        self._encoder = encoder
+        self._index: VectorIndex | None = None
+        self._vector_images: dict[int, tuple[str, Box]] = {}
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, *, encoder: str | Encoder = DEFAULT_ENCODER,
+               index: str = "flat") -> Collection:
+        path = Path(path)
+        if (path / "manifest.json").exists():
+            raise LookalikeError(f"{path}: a collection already exists there")
+        create_index(index, 1)  # validate the spec before anything is written
+        enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
+                    "index": index}
+        _write_json_atomic(path / "manifest.json", manifest)
+        return cls(path, manifest, enc)
+
+    @classmethod
+    def open(cls, path: str | Path, *, encoder: str | None = None) -> Collection:
+        """Open an existing collection; naming a different encoder than it was built with
+        is an error (vectors of two models are not comparable)."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+            built_with = manifest["encoder"]["name"]
+        except FileNotFoundError:
+            raise LookalikeError(f"{path}: not a lookalike collection (no manifest.json)"
+                                 ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LookalikeError(f"{path}/manifest.json: malformed ({exc})") from None
+        if encoder is not None and encoder != built_with:
+            raise LookalikeError(
+                f"{path}: built with encoder {built_with!r}, cannot use {encoder!r}; "
+                "create a new collection for another encoder"
+            )
+        return cls(path, manifest)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
+                       index: str = "flat") -> Collection:
+        if (Path(path) / "manifest.json").exists():
+            return cls.open(path, encoder=encoder)
+        return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> Encoder:
+        """Loaded on first use (searching by id needs none); checked against the manifest."""
+        if self._encoder is None:
+            recorded = self.manifest["encoder"]
+            enc = create_encoder(recorded["name"])
+            if enc.fingerprint != recorded["weights_sha256"]:
+                raise LookalikeError(
+                    f"{self.path}: the weights of {recorded['name']!r} differ from those the "
+                    "collection was built with; re-create it"
+                )
+            self._encoder = enc
+        return self._encoder
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["encoder"]["dim"])
+
+    @property
+    def root(self) -> Path | None:
+        root = self.catalog.get_meta("root")
+        return Path(root) if root else None
+
+    def __len__(self) -> int:
+        row = self.catalog.db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok'")
+        return int(row.fetchone()[0])
+
+    def ids(self) -> list[str]:
+        return [i for i, r in self.catalog.images().items() if r.status == "ok"]
+
+    def failures(self) -> dict[str, str]:
+        return {i: r.error or "" for i, r in self.catalog.images().items()
+                if r.status == "error"}
+
+    # -- indexing -------------------------------------------------------------------------
+
+    def index_folder(self, root: str | Path, *, batch_size: int = 32, progress: bool = False,
+                     after_batch: Callable[[int], None] | None = None) -> IndexReport:
+        """Bring the collection in line with the images under `root`: embed new and changed
+        files, reuse the vectors of renamed or copied ones (same sha256), drop deleted ones.
+        Bad images are recorded with their error and skipped until they change."""
+        root = Path(root)
+        if not root.is_dir():
+            raise LookalikeError(f"{root}: not a directory")
+        on_disk = scan_images(root)
+        known = self.catalog.images()
+        report = IndexReport()
+        with self.catalog.transaction() as db:
+            self.catalog.set_meta(db, "root", str(root.resolve()))
+
+        todo: list[tuple[str, Path, os.stat_result, str]] = []
+        for image_id, path in on_disk.items():
+            stat = path.stat()
+            old = known.get(image_id)
+            if old and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+                report.unchanged += 1
+                continue
+            sha = _sha256(path)
+            twin = self.catalog.ok_image_with_hash(sha)
+            if twin is not None:
+                self._reuse(twin, image_id, stat, sha)
+                (report.updated if old else report.renamed).append(image_id)
+                continue
+            todo.append((image_id, path, stat, sha))
+
+        gone = sorted(set(known) - set(on_disk))
+        if gone:
+            with self.catalog.transaction() as db:
+                self.catalog.remove_images(db, gone)
+            report.removed.extend(gone)
+
+        batches = self.encoder.iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
+                                            progress=progress) if todo else iter(())
+        for number, batch in enumerate(batches):
+            with self.catalog.transaction() as db:
+                for pos, vector, (w, h) in zip(batch.positions, batch.vectors, batch.sizes,
+                                               strict=True):
+                    image_id, _, stat, sha = todo[pos]
+                    record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, w, h,
+                                         "ok", None)
+                    self.catalog.put_image(db, record,
+                                           [VectorRow(image_id, (0, 0, w, h), vector)])
+                    (report.updated if image_id in known else report.added).append(image_id)
+                for pos, error in batch.failures:
+                    image_id, _, stat, sha = todo[pos]
+                    record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, None,
+                                         None, "error", error.reason)
+                    self.catalog.put_image(db, record, [])
+                    report.failed[image_id] = error.reason
+            if after_batch is not None:
+                after_batch(number)
+        self._index = None
+        self.save_index()
+        return report
+
+    def _reuse(self, twin: str, image_id: str, stat: os.stat_result, sha: str) -> None:
+        source = self.catalog.image(twin)
+        assert source is not None
+        rows = [VectorRow(image_id, r.box, r.vector) for r in self.catalog.vector_rows(twin)]
+        record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, source.width,
+                             source.height, "ok", None)
+        with self.catalog.transaction() as db:
+            self.catalog.put_image(db, record, rows)
+
+    # -- the index ------------------------------------------------------------------------
+
+    def _load_index(self) -> VectorIndex:
+        if self._index is not None:
+            return self._index
+        generation = self.catalog.generation
+        stamp = self.path / "index.json"
+        index: VectorIndex | None = None
+        try:
+            if json.loads(stamp.read_text())["generation"] == generation:
+                index = FlatIndex.load(self.path / "index.npz")
+        except (OSError, ValueError, KeyError):
+            index = None
+        if index is None:
+            index = self._build_index()
+        vids, image_ids, boxes = self.catalog.vector_map()
+        self._vector_images = {int(v): (i, tuple(b)) for v, i, b in  # type: ignore[misc]
+                               zip(vids, image_ids, boxes.tolist(), strict=True)}
+        self._index = index
+        return index
+
+    def _build_index(self) -> VectorIndex:
+        vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
+        index = create_index(self.manifest["index"], self.dim)
+        if len(vids):
+            index.add(vids, vectors)
+        return index
+
+    def save_index(self) -> None:
+        """Persist the index for the current catalog generation (atomic)."""
+        generation = self.catalog.generation
+        index = self._build_index()
+        index.save(self.path / "index.npz")
+        _write_json_atomic(self.path / "index.json",
+                           {"generation": generation, "spec": index.spec})
+
+    # -- search ---------------------------------------------------------------------------
+
+    def query_vector(self, image: ImageSource | None = None, *, crop: Box | None = None,
+                     like: str | None = None) -> np.ndarray:
+        """The vector for a query image (or a crop of it), or for an indexed id."""
+        if like is not None:
+            if image is not None or crop is not None:
+                raise LookalikeError("give either a query image or an indexed id, not both")
+            rows = self.catalog.vector_rows(like)
+            if not rows:
+                raise LookalikeError(f"{like}: no such id in the collection")
+            return rows[0].vector
+        if image is None:
+            raise LookalikeError("nothing to search for: give an image or an indexed id")
+        item: EncodeInput = (image, crop) if crop is not None else image
+        return self.encoder.encode([item])[0]
+
+    def search(self, image: ImageSource | None = None, *, crop: Box | None = None,
+               like: str | None = None, k: int = 10, metric: Metric = "cosine") -> list[Hit]:
+        """The `k` indexed images most similar to a query image, a crop box of it, or an
+        indexed id (`like`, which is left out of its own results)."""
+        query = self.query_vector(image, crop=crop, like=like)
+        exclude = {like} if like else set()
+        return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude])[0]
+
+    def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
+                       exclude: Sequence[set[str]] | None = None) -> list[list[Hit]]:
+        """Search with ready-made query vectors; results are one row per image, each scored
+        by its best-matching vector, whose box it carries."""
+        if metric not in METRICS:
+            raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if k <= 0:
+            raise LookalikeError(f"k must be a positive integer, got {k}")
+        index = self._load_index()
+        if len(index) == 0:
+            return [[] for _ in range(len(queries))]
+        per_image = max(1, len(index) // max(1, len(self)))
+        fetch = min(len(index), (k + 1) * per_image)
+        scores, vids = index.search(queries, fetch)
+        root = self.root or self.path
+        results = []
+        for row, (row_scores, row_vids) in enumerate(zip(scores, vids, strict=True)):
+            skip = exclude[row] if exclude else set()
+            hits: list[Hit] = []
+            seen: set[str] = set()
+            for score, vid in zip(row_scores, row_vids, strict=True):
+                if vid < 0:
+                    break
+                image_id, box = self._vector_images[int(vid)]
+                if image_id in seen or image_id in skip:
+                    continue
+                seen.add(image_id)
+                hits.append(Hit(len(hits) + 1, image_id, str(root / image_id),
+                                _metric_score(float(score), metric), box))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results
+
+
+def _metric_score(inner_product: float, metric: Metric) -> float:
+    """Vectors are unit length, so cosine = dot; L2 is reported as minus the Euclidean
+    distance, sqrt(2 - 2 cos), to keep 'higher is more similar'."""
+    if metric == "l2":
+        return -float(np.sqrt(max(0.0, 2.0 - 2.0 * inner_product)))
+    return inner_product

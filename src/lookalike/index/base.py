@@ -1,0 +1,56 @@
+"""The one interface every index family implements, and the checks they share.
+
+Result convention (as faiss): `(scores, ids)`, each `(n_queries, k)`, best first, higher
+score = more similar, rows padded with `-inf` / `-1` when fewer than `k` vectors exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+
+
+class IndexError_(LookalikeError):
+    """Bad vectors, ids or search arguments for an index."""
+
+
+class VectorIndex(Protocol):
+    dim: int
+    spec: str
+
+    def __len__(self) -> int: ...
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def save(self, path: Path) -> None: ...
+
+
+def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
+    """Float32 `(n, dim)`, finite, C-contiguous."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise IndexError_(f"{what} must have shape (n, {dim}), got {np.shape(vectors)}")
+    if not np.isfinite(arr).all():
+        raise IndexError_(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(arr)
+
+
+def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if arr.shape[0] != n:
+        raise IndexError_(f"got {arr.shape[0]} ids for {n} vectors")
+    if np.unique(arr).shape[0] != n:
+        raise IndexError_("ids must be unique")
+    return arr
+
+
+def check_k(k: int) -> int:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise IndexError_(f"k must be a positive integer, got {k!r}")
+    return int(k)
