@@ -331,6 +331,12 @@ class Collection:
         exclude = {like} if like else set()
         return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude])[0]
 
+    def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
+                    metric: Metric = "cosine", progress: bool = False) -> list[list[Hit]]:
+        """Batch search: images or `(image, box)` crops, embedded in batches."""
+        vectors = self.encoder.encode(list(items), progress=progress)
+        return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric)
+
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
                        exclude: Sequence[set[str]] | None = None) -> list[list[Hit]]:
         """Search with ready-made query vectors; results are one row per image, each scored

@@ -1,0 +1,140 @@
+"""The `lookalike` command: each sub-command parses its arguments and calls the library.
+
+Exit status: 0 on success, 2 on bad usage or bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lookalike.errors import LookalikeError
+from lookalike.images import Box, parse_box
+
+
+def _crop(ctx: click.Context, param: click.Parameter, value: str | None) -> Box | None:
+    if value is None:
+        return None
+    try:
+        return parse_box(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+collection_option = click.option(
+    "-c", "--collection", "collection", required=True, type=click.Path(path_type=Path),
+    help="Collection folder.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lookalike")
+def cli() -> None:
+    """Visual similarity search: find the images that look like this one, or like this part
+    of it."""
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("lookalike-demo"),
+              show_default=True, help="Folder for the collection and the HTML page.")
+def demo(out: Path) -> None:
+    """Index the bundled sample photos, run whole-image and crop queries, write an HTML page."""
+    from lookalike.demo import run_demo
+
+    page = run_demo(out)
+    click.echo(page)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@collection_option
+@click.option("--model", default=None, help="Encoder name (see `lookalike models`); "
+              "defaults to the collection's, or efficientnet_lite0 for a new one.")
+@click.option("--index", "index_spec", default="flat", show_default=True,
+              help="Index spec for a new collection.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def index(folder: Path, collection: Path, model: str | None, index_spec: str,
+          batch_size: int, progress: bool) -> None:
+    """Create or update COLLECTION from the images under FOLDER (recursively)."""
+    from lookalike.collection import Collection
+
+    with Collection.open_or_create(collection, encoder=model, index=index_spec) as coll:
+        report = coll.index_folder(folder, batch_size=batch_size, progress=progress)
+        for image_id, reason in report.failed.items():
+            click.echo(f"skipped {image_id}: {reason}", err=True)
+        click.echo(f"{collection}: {report.summary()}; {len(coll)} images indexed")
+
+
+@cli.command()
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@collection_option
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Number of results.")
+@click.option("--crop", callback=_crop, help="Search with this box of IMAGE: X0,Y0,X1,Y1.")
+@click.option("--like", help="Search with an indexed image id (excluded from its results).")
+@click.option("--metric", type=click.Choice(["cosine", "dot", "l2"]), default="cosine",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--queries", type=click.Path(path_type=Path), help="Batch mode: a queries.jsonl.")
+@click.option("--run", "run_path", type=click.Path(path_type=Path),
+              help="Batch mode: the TREC run file to write.")
+def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
+           metric: str, as_json: bool, queries: Path | None, run_path: Path | None) -> None:
+    """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
+    from lookalike.collection import Collection
+    from lookalike.trec import read_queries, write_run
+
+    if (queries is None) != (run_path is None):
+        raise click.UsageError("batch mode needs both --queries and --run")
+    if queries is None and (image is None) == (like is None):
+        raise click.UsageError("give an IMAGE or --like ID (or --queries and --run)")
+    if crop is not None and image is None:
+        raise click.UsageError("--crop needs an IMAGE")
+    with Collection.open(collection) as coll:
+        if queries is not None and run_path is not None:
+            parsed = read_queries(queries)
+            items = [(q.image, q.crop) if q.crop else q.image for q in parsed]
+            results = coll.search_many(items, k=k, metric=metric)  # type: ignore[arg-type]
+            write_run(run_path, {q.id: hits for q, hits in zip(parsed, results, strict=True)})
+            click.echo(f"{run_path}: {len(parsed)} queries, top {k} each")
+            return
+        hits = coll.search(image, crop=crop, like=like, k=k, metric=metric)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    for hit in hits:
+        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}")
+
+
+@cli.command()
+def models() -> None:
+    """List the encoders (any timm model also works as timm:NAME)."""
+    from lookalike.encoders import get_spec, list_encoders
+
+    for name in list_encoders():
+        spec = get_spec(name)
+        click.echo(f"{name:<20} {spec.dim:>5}-d  {spec.description}  [{spec.weights_source}]")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: library errors become one line on stderr and exit status 2."""
+    try:
+        return cli.main(args=argv, prog_name="lookalike", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lookalike: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LookalikeError as exc:
+        click.echo(f"lookalike: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

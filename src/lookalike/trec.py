@@ -1,0 +1,75 @@
+"""The file formats other tools read and write: query lists (JSONL) and TREC run files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.collection import Hit
+from lookalike.errors import LookalikeError
+from lookalike.images import Box, validate_box
+
+
+@dataclass(frozen=True)
+class Query:
+    """One line of a queries file: `{"id": "q1", "image": "q.jpg", "crop": [x0, y0, x1, y1]}`."""
+
+    id: str
+    image: Path
+    crop: Box | None = None
+
+
+def read_queries(path: str | Path) -> list[Query]:
+    """Read a JSONL query file; `image` is relative to the file's own folder unless absolute."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise LookalikeError(f"{path}: cannot read ({exc.strerror})") from None
+    queries: list[Query] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+            qid, image = str(obj["id"]), Path(obj["image"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LookalikeError(f"{where}: expected {{\"id\": ..., \"image\": ...}} ({exc})"
+                                 ) from None
+        if not qid or any(c.isspace() for c in qid):
+            raise LookalikeError(f"{where}: query id must be non-empty without spaces")
+        if qid in seen:
+            raise LookalikeError(f"{where}: duplicate query id {qid!r}")
+        seen.add(qid)
+        crop = obj.get("crop")
+        if crop is not None:
+            if not isinstance(crop, list) or len(crop) != 4:
+                raise LookalikeError(f"{where}: crop must be [x0, y0, x1, y1] or null")
+            crop = validate_box(crop, (2**31, 2**31), where)
+        queries.append(Query(qid, image if image.is_absolute() else path.parent / image, crop))
+    return queries
+
+
+def write_run(path: str | Path, results: Mapping[str, Sequence[Hit]], tag: str = "lookalike"
+              ) -> None:
+    """Write `QID Q0 DOCID RANK SCORE TAG` lines, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            for qid, hits in results.items():
+                for hit in hits:
+                    if any(c.isspace() for c in hit.id):
+                        raise LookalikeError(f"{hit.id!r}: a TREC run cannot hold ids with spaces")
+                    fh.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a private ONNX cache, the sample photos, a loaded default encoder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "samples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Subprocesses inherit it, so the CLI tests reuse the session's exports.
+    os.environ["LOOKALIKE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+
+
+@pytest.fixture(scope="session")
+def samples() -> list[Path]:
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def encoder():  # type: ignore[no-untyped-def]
+    from lookalike import create_encoder
+
+    return create_encoder("efficientnet_lite0")
+
+
+@pytest.fixture()
+def photo_dir(tmp_path: Path, samples: list[Path]) -> Path:
+    """A folder of real photos, one in a subfolder."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for path in samples[:5]:
+        shutil.copy(path, root / path.name)
+    shutil.copy(samples[5], root / "sub" / samples[5].name)
+    return root
