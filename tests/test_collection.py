@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike import Collection, LookalikeError
+
+
+def _index(coll_path: Path, root: Path, encoder) -> Collection:  # type: ignore[no-untyped-def]
+    coll = (Collection.open(coll_path) if coll_path.exists()
+            else Collection.create(coll_path, encoder=encoder))
+    coll._encoder = encoder  # share the session's loaded encoder
+    coll.index_folder(root)
+    return coll
+
+
+def test_add_update_rename_delete(tmp_path: Path, photo_dir: Path, encoder, samples) -> None:  # type: ignore[no-untyped-def]
+    coll_path = tmp_path / "coll"
+    coll = Collection.create(coll_path, encoder=encoder)
+    report = coll.index_folder(photo_dir)
+    assert len(report.added) == 6 and "sub/" + samples[5].name in coll.ids()
+    vector_before = coll.query_vector(like=samples[0].name)
+
+    # Unchanged files are not embedded again.
+    assert coll.index_folder(photo_dir).unchanged == 6
+
+    # A rename reuses the vectors; a deletion drops the image; a changed file is re-embedded.
+    os.rename(photo_dir / samples[0].name, photo_dir / "renamed.jpg")
+    (photo_dir / samples[1].name).unlink()
+    shutil.copy(samples[7], photo_dir / samples[2].name)
+    report = coll.index_folder(photo_dir)
+    assert report.renamed == ["renamed.jpg"]
+    assert sorted(report.removed) == sorted([samples[0].name, samples[1].name])
+    assert report.updated == [samples[2].name]
+    np.testing.assert_array_equal(coll.query_vector(like="renamed.jpg"), vector_before)
+    assert samples[1].name not in coll.ids() and len(coll) == 5
+    hits = coll.search(samples[7], k=1)
+    assert hits[0].id == samples[2].name and hits[0].score > 0.99
+
+    # Deleted images never come back from a search, also after reopening.
+    coll.close()
+    with Collection.open(coll_path) as reopened:
+        reopened._encoder = encoder
+        found = {h.id for h in reopened.search(samples[1], k=10)}
+        assert samples[1].name not in found and len(found) == 5
+
+
+def test_bad_images_are_recorded_and_the_rest_indexed(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                      encoder) -> None:
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (photo_dir / "notes.txt").write_text("ignored: not an image suffix")
+    coll = _index(tmp_path / "coll", photo_dir, encoder)
+    assert "broken.jpg" in coll.failures() and len(coll) == 6
+    assert "notes.txt" not in coll.catalog.images()
+    # A failure is not retried until the file changes.
+    assert coll.index_folder(photo_dir).failed == {}
+
+
+def test_resume_after_a_crash_between_batches(tmp_path: Path, photo_dir: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    coll = Collection.create(tmp_path / "coll", encoder=encoder)
+
+    def crash(batch_number: int) -> None:
+        if batch_number == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        coll.index_folder(photo_dir, batch_size=2, after_batch=crash)
+    coll.close()
+    resumed = Collection.open(tmp_path / "coll")
+    resumed._encoder = encoder
+    assert len(resumed) == 4  # two committed batches of two
+    report = resumed.index_folder(photo_dir, batch_size=2)
+    assert len(report.added) == 2 and report.unchanged == 4 and len(resumed) == 6
+    # The stale index file was rebuilt: every image is searchable.
+    assert len(resumed.search(like=resumed.ids()[0], k=10)) == 5
+
+
+def test_exact_search_equals_numpy_brute_force(tmp_path: Path, photo_dir: Path, encoder,  # type: ignore[no-untyped-def]
+                                               samples) -> None:
+    coll = _index(tmp_path / "coll", photo_dir, encoder)
+    ids = coll.ids()
+    matrix = np.stack([coll.query_vector(like=i) for i in ids])
+    query = encoder.encode(samples[8])
+    sims = matrix @ query
+    expected = [ids[i] for i in np.argsort(-sims)]
+    hits = coll.search(samples[8], k=len(ids))
+    assert [h.id for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], np.sort(sims)[::-1], rtol=1e-5)
+    l2 = coll.search(samples[8], k=3, metric="l2")
+    assert [h.id for h in l2] == expected[:3]
+    np.testing.assert_allclose([h.score for h in l2],
+                               -np.sqrt(2 - 2 * np.sort(sims)[::-1][:3]), rtol=1e-4)
+
+
+def test_like_excludes_itself_and_crop_finds_its_source(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                        encoder, samples) -> None:
+    coll = _index(tmp_path / "coll", photo_dir, encoder)
+    like = coll.search(like=samples[0].name, k=10)
+    assert samples[0].name not in [h.id for h in like] and len(like) == 5
+    chelsea = photo_dir / "chelsea.jpg"
+    hits = coll.search(chelsea, crop=(140, 20, 320, 200), k=2)
+    assert hits[0].id == "chelsea.jpg" and hits[0].score > hits[1].score + 0.3
+    with pytest.raises(LookalikeError, match="outside"):
+        coll.search(chelsea, crop=(0, 0, 5000, 10))
+    with pytest.raises(LookalikeError, match="no such id"):
+        coll.search(like="absent.jpg")
+
+
+def test_other_encoder_is_refused(tmp_path: Path, photo_dir: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    _index(tmp_path / "coll", photo_dir, encoder).close()
+    with pytest.raises(LookalikeError, match="built with encoder 'efficientnet_lite0'"):
+        Collection.open(tmp_path / "coll", encoder="mobilenet_v2")
+    with pytest.raises(LookalikeError, match="not a lookalike collection"):
+        Collection.open(tmp_path / "elsewhere")
+    with pytest.raises(LookalikeError, match="not a directory"):
+        Collection.open(tmp_path / "coll").index_folder(tmp_path / "missing")
