@@ -27,9 +27,11 @@ def read_queries(path: str | Path) -> list[Query]:
     """Read a JSONL query file; `image` is relative to the file's own folder unless absolute."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise LookalikeError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise LookalikeError(f"{path}:1: not a UTF-8 JSONL text file") from None
     queries: list[Query] = []
     seen: set[str] = set()
     for number, line in enumerate(lines, 1):

@@ -1,0 +1,101 @@
+"""The CLI contract of DESIGN.md §2, through real subprocess calls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lookalike.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, samples: list[Path]) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("photos")
+    for path in samples:
+        (root / path.name).write_bytes(path.read_bytes())
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    coll = root.parent / "coll"
+    result = run("index", root, "-c", coll, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "10 added" in result.stdout and "1 failed" in result.stdout
+    assert "skipped corrupt.png" in result.stderr
+    return root, coll
+
+
+def test_search_json(indexed: tuple[Path, Path]) -> None:
+    root, coll = indexed
+    result = run("search", "-c", coll, root / "coffee.jpg", "-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "coffee.jpg" and hits[0]["score"] > 0.99
+    assert Path(hits[0]["path"]) == (root / "coffee.jpg").resolve()
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_crop_and_like(indexed: tuple[Path, Path]) -> None:
+    root, coll = indexed
+    crop = run("search", "-c", coll, root / "chelsea.jpg", "--crop", "140,20,320,200", "--json")
+    assert json.loads(crop.stdout)[0]["id"] == "chelsea.jpg"
+    like = run("search", "-c", coll, "--like", "rocket.jpg", "-k", "4")
+    assert like.returncode == 0 and len(like.stdout.splitlines()) == 4
+    assert "rocket.jpg" not in like.stdout
+
+
+def test_batch_search_writes_a_trec_run(indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    root, coll = indexed
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"id": "q1", "image": str(root / "rocket.jpg"), "crop": None}) + "\n"
+        + json.dumps({"id": "q2", "image": str(root / "chelsea.jpg"),
+                      "crop": [140, 20, 320, 200]}) + "\n"
+    )
+    run_file = tmp_path / "out" / "run.txt"
+    result = run("search", "-c", coll, "--queries", queries, "--run", run_file, "-k", "5")
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in run_file.read_text().splitlines()]
+    assert len(lines) == 10 and all(len(f) == 6 and f[1] == "Q0" for f in lines)
+    assert lines[0][:4] == ["q1", "Q0", "rocket.jpg", "1"]
+    assert lines[5][:4] == ["q2", "Q0", "chelsea.jpg", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "-c", "{coll}", "{root}/absent.jpg"], "absent.jpg: no such file"),
+        (["search", "-c", "{coll}", "{root}/corrupt.png"], "corrupt.png"),
+        (["search", "-c", "{coll}", "{root}/coins.jpg", "--crop", "0,0,9999,10"], "outside"),
+        (["search", "-c", "{coll}", "{root}/coins.jpg", "--crop", "1,2,3"], "four integers"),
+        (["search", "-c", "{root}/nothing", "{root}/coins.jpg"], "not a lookalike collection"),
+        (["search", "-c", "{coll}", "--like", "nope.jpg"], "no such id"),
+        (["search", "-c", "{coll}"], "give an IMAGE"),
+        (["search", "-c", "{coll}", "--queries", "{root}/coins.jpg", "--run", "{root}/r"],
+         "coins.jpg:1"),
+        (["index", "{root}", "-c", "{coll}", "--model", "mobilenet_v2"], "built with encoder"),
+        (["index", "{root}/absent", "-c", "{coll}"], "not a directory"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(indexed: tuple[Path, Path], args: list[str],
+                                         message: str) -> None:
+    root, coll = indexed
+    result = run(*[a.format(root=root, coll=coll) for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_writes_a_page(tmp_path: Path) -> None:
+    result = run("demo", "--out", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    page = Path(result.stdout.strip().splitlines()[-1])
+    assert page.is_file()
+    text = page.read_text()
+    assert text.count("<section>") == 5 and "coffee.jpg" in text and "data:image/jpeg" in text
+    assert "Crop query: the cat's face: chelsea.jpg" in result.stdout
