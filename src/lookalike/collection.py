@@ -207,7 +207,7 @@ class Collection:
         """Bring the collection in line with the images under `root`: embed new and changed
         files, reuse the vectors of renamed or copied ones (same sha256), drop deleted ones.
         Bad images are recorded with their error and skipped until they change."""
-        root = Path(root)
+        root = Path(root).expanduser()
         if not root.is_dir():
             raise LookalikeError(f"{root}: not a directory")
         on_disk = scan_images(root)
