@@ -35,7 +35,7 @@ def test_registry_lists_the_shipped_encoders() -> None:
 
 
 def test_unknown_encoder_names_the_choices() -> None:
-    with pytest.raises(LookalikeError, match="unknown encoder 'nope'.*efficientnet_lite0"):
+    with pytest.raises(LookalikeError, match=r"unknown encoder 'nope'.*efficientnet_lite0"):
         get_spec("nope")
 
 
@@ -107,5 +107,5 @@ def test_iter_batches_reports_bad_images_and_goes_on(encoder, tmp_path: Path,  #
     failures = [f for b in batches for f in b.failures]
     assert positions == [0, 2]
     assert [pos for pos, _ in failures] == [1] and "bad.jpg" in str(failures[0][1])
-    with pytest.raises(LookalikeError, match="bad.jpg"):
+    with pytest.raises(LookalikeError, match=r"bad\.jpg"):
         encoder.encode(items)

@@ -18,7 +18,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     header."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
@@ -55,7 +56,7 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
     full = _jpeg_bytes(Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)))
     path = tmp_path / "cut.jpg"
     path.write_bytes(full[: len(full) // 2])
-    with pytest.raises(ImageError, match="cut.jpg: cannot decode"):
+    with pytest.raises(ImageError, match=r"cut\.jpg: cannot decode"):
         decode(path)
 
 

@@ -53,5 +53,5 @@ def test_bad_input(action, message: str) -> None:  # type: ignore[no-untyped-def
 
 
 def test_unknown_spec() -> None:
-    with pytest.raises(IndexError_, match="unknown index spec 'hnsw99'.*flat"):
+    with pytest.raises(IndexError_, match=r"unknown index spec 'hnsw99'.*flat"):
         create_index("hnsw99", 8)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
-from lookalike.encoders import DEFAULT_ENCODER, Encoder, EncodeInput, create_encoder
+from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource
 from lookalike.index import FlatIndex, VectorIndex, create_index
@@ -286,7 +286,7 @@ class Collection:
         if index is None:
             index = self._build_index()
         vids, image_ids, boxes = self.catalog.vector_map()
-        self._vector_images = {int(v): (i, tuple(b)) for v, i, b in  # type: ignore[misc]
+        self._vector_images = {int(v): (i, tuple(b)) for v, i, b in
                                zip(vids, image_ids, boxes.tolist(), strict=True)}
         self._index = index
         return index

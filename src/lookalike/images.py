@@ -10,7 +10,6 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lookalike.errors import ImageError
 
 Box = tuple[int, int, int, int]
-ImageSource = Union[str, Path, bytes, Image.Image]
+ImageSource = str | Path | bytes | Image.Image
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -48,8 +47,8 @@ class DecodedImage:
         """The region `box` (full-size pixels) of the decoded pixels."""
         x0, y0, x1, y1 = validate_box(box, self.full_size, self.source)
         s = self.scale
-        scaled = (int(x0 * s), int(y0 * s), max(int(round(x1 * s)), int(x0 * s) + 1),
-                  max(int(round(y1 * s)), int(y0 * s) + 1))
+        left, top = int(x0 * s), int(y0 * s)
+        scaled = (left, top, max(round(x1 * s), left + 1), max(round(y1 * s), top + 1))
         return self.image.crop(scaled)
 
 

@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, cast
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from lookalike.encoders.heads import L2Normalized
@@ -33,7 +34,7 @@ from lookalike.errors import ImageError, LookalikeError
 from lookalike.images import Box, ImageSource, decode
 
 #: An image, or an image and the box to crop from it.
-EncodeInput = Union[ImageSource, tuple[ImageSource, Box]]
+EncodeInput = ImageSource | tuple[ImageSource, Box]
 BackendName = Literal["auto", "onnx", "torch"]
 
 
@@ -153,8 +154,8 @@ class Encoder:
         Returns float32 of shape `(n, dim)` with unit rows; a single input gives `(dim,)`.
         Raises `ImageError` on the first bad image.
         """
-        single = not isinstance(items, (list, Sequence)) or isinstance(items, (str, bytes, tuple))
-        batch = [items] if single else list(items)  # type: ignore[list-item]
+        single = isinstance(items, (str, bytes, Path, Image.Image, tuple))
+        batch = [cast(EncodeInput, items)] if single else list(cast(Sequence[EncodeInput], items))
         out = np.empty((len(batch), self.dim), np.float32)
         for encoded in self.iter_batches(batch, batch_size=batch_size, progress=progress):
             if encoded.failures:

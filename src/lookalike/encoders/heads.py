@@ -3,6 +3,8 @@ backbone is used as its library defines it and only the last step is ours."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ class PreLogits(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # library-specific methods (forward_head, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
@@ -24,7 +26,7 @@ class PooledFeatures(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # library-specific methods (forward_head, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x).mean(dim=(2, 3))
@@ -35,7 +37,7 @@ class TanhOutput(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # library-specific methods (forward_head, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(x))
@@ -46,7 +48,7 @@ class L2Normalized(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # library-specific methods (forward_head, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.net(x), dim=1)

@@ -58,6 +58,7 @@ def hf_tensors_from_onnx(path: Path) -> dict[str, np.ndarray]:
 def dinov2_timm_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """timm `vit_*_dinov2` tensors from the ONNX file at `path`."""
     hf = hf_tensors_from_onnx(path)
+    patch = "backbone.embeddings.patch_embeddings.projection"
     try:
         out: dict[str, np.ndarray] = {
             "cls_token": hf.pop("backbone.embeddings.cls_token"),
@@ -68,8 +69,8 @@ def dinov2_timm_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 ],
                 axis=1,
             ),
-            "patch_embed.proj.weight": hf.pop("backbone.embeddings.patch_embeddings.projection.weight"),
-            "patch_embed.proj.bias": hf.pop("backbone.embeddings.patch_embeddings.projection.bias"),
+            "patch_embed.proj.weight": hf.pop(f"{patch}.weight"),
+            "patch_embed.proj.bias": hf.pop(f"{patch}.bias"),
             "norm.weight": hf.pop("backbone.layernorm.weight"),
             "norm.bias": hf.pop("backbone.layernorm.bias"),
         }

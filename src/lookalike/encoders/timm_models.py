@@ -4,6 +4,7 @@ online or from a local file (`create_encoder(name, weights=FILE)`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 from timm.data import resolve_data_config
@@ -18,15 +19,15 @@ from lookalike.errors import LookalikeError
 def timm_spec(model_name: str) -> EncoderSpec:
     """Build the architecture once (no weights) to learn its dim and preprocessing."""
     try:
-        probe = timm.create_model(model_name, pretrained=False, num_classes=0)
+        probe: Any = timm.create_model(model_name, pretrained=False, num_classes=0)
     except RuntimeError as exc:  # timm's "Unknown model"
         raise LookalikeError(f"timm:{model_name}: {exc}") from None
     cfg = resolve_data_config({}, model=probe)
     interpolation = cfg.get("interpolation", "bilinear")
     preprocess = Preprocess(
         size=int(cfg["input_size"][-1]),
-        mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
-        std=tuple(cfg["std"]),  # type: ignore[arg-type]
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
         interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
     )
 

@@ -60,7 +60,7 @@ def load_in_order(module: torch.nn.Module, source: dict[str, torch.Tensor]) -> N
     if len(names) != len(tensors):
         raise WeightsError(f"expected {len(names)} tensors, the checkpoint has {len(tensors)}")
     mapped = dict(target)
-    for name, tensor in zip(names, tensors):
+    for name, tensor in zip(names, tensors, strict=True):
         if tuple(tensor.shape) != tuple(target[name].shape):
             raise WeightsError(
                 f"{name}: expected shape {tuple(target[name].shape)}, got {tuple(tensor.shape)}"
