@@ -7,6 +7,7 @@ broken file.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-_EXPORT_VERSION = 1  # bump when the exported graph changes for the same weights
+_EXPORT_VERSION = 2  # bump when the exported graph changes for the same weights
 
 
 def cache_dir() -> Path:
@@ -76,10 +77,46 @@ def onnx_path(encoder_name: str, weights_fingerprint: str) -> Path:
     return cache_dir() / "onnx" / f"{safe}-{weights_fingerprint[:16]}-v{_EXPORT_VERSION}.onnx"
 
 
+def freeze_same_padding(module: nn.Module, size: int) -> nn.Module:
+    """Replace timm's TF-style 'same' convolutions, which compute their padding from the
+    input shape on every call, by a fixed pad and a plain convolution for `size` px inputs.
+
+    The dynamic version exports as shape arithmetic that ONNX Runtime cannot fold (about
+    30 % slower for EfficientNet-Lite on CPU); a constant pad fuses into the convolution.
+    """
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        sub.register_forward_pre_hook(
+            lambda _m, args, name=name: shapes.__setitem__(name, tuple(args[0].shape[-2:]))
+        )
+        for name, sub in module.named_modules() if isinstance(sub, Conv2dSame)
+    ]
+    with torch.no_grad():
+        module(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    for name, (height, width) in shapes.items():
+        conv = module.get_submodule(name)
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        pad_h = get_same_padding(height, kh, sh, dh)
+        pad_w = get_same_padding(width, kw, sw, dw)
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          0, conv.dilation, conv.groups, conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name), attr, nn.Sequential(pad, plain))
+    return module
+
+
 def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
     """Export `module` (batch dimension dynamic) to `path` unless it is already there."""
     if path.is_file():
         return path
+    module = freeze_same_padding(copy.deepcopy(module).cpu().eval(), size)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, size, size)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
@@ -88,7 +125,7 @@ def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module.cpu().eval(), (dummy,), tmp, input_names=["pixels"],
+                module, (dummy,), tmp, input_names=["pixels"],
                 output_names=["embedding"], dynamic_axes={"pixels": {0: "batch"},
                                                           "embedding": {0: "batch"}},
                 opset_version=17, dynamo=False,
