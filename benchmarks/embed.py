@@ -90,7 +90,8 @@ def main() -> None:
             link.symlink_to(p.resolve())
     encoder = create_encoder("efficientnet_lite0")
     pixels = np.stack([encoder.prepare(p)[0] for p in paths])
-    eager = create_encoder("efficientnet_lite0", backend="torch").module.eval()
+    # The same weights as a user would run them: float NCHW input, eager PyTorch.
+    eager = create_encoder("efficientnet_lite0", backend="torch").module[1].eval()
     net = eager.net.net
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
 

@@ -64,9 +64,10 @@ def test_imagenet_head_sees_a_cat(name: str, samples: list[Path]) -> None:
     encoder = create_encoder(name, backend="torch")
     chelsea = next(p for p in samples if p.stem == "chelsea")
     pixels, _ = encoder.prepare(chelsea)
-    classifier = encoder.module.net.net  # L2Normalized -> embedding head -> the full network
+    to_input, embedder = encoder.module  # PixelNormalize, L2Normalized(embedding head)
+    classifier = embedder.net.net  # the full network the embedding head wraps
     with torch.no_grad():
-        logits = classifier(torch.from_numpy(pixels[None]))
+        logits = classifier(to_input(torch.from_numpy(pixels[None])))
     assert int(logits.argmax()) in IMAGENET_CATS
 
 

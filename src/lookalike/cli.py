@@ -112,6 +112,46 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
 
 
 @cli.command()
+@click.argument("run_file", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("qrels_file", metavar="QRELS", type=click.Path(path_type=Path))
+@click.option("-m", "--metric", "metric_names", multiple=True,
+              help="e.g. ndcg@10, map, mrr, p@5, r@100, rprec, success@1 (repeatable). "
+              "Default: mrr, p@10, r@10, map, ndcg@10.")
+@click.option("--threshold", default=1, show_default=True, type=int,
+              help="Lowest grade that counts as relevant for binary metrics.")
+@click.option("--gain", type=click.Choice(["linear", "exp"]), default="linear",
+              show_default=True, help="nDCG gain: rel or 2^rel - 1.")
+@click.option("--complete", is_flag=True,
+              help="Average over every qrels query; a query missing from the run scores 0.")
+@click.option("--per-query", is_flag=True, help="Also print each query's values.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def metrics(run_file: Path, qrels_file: Path, metric_names: tuple[str, ...], threshold: int,
+            gain: str, complete: bool, per_query: bool, as_json: bool) -> None:
+    """Score a TREC RUN file against QRELS (trec_eval's conventions)."""
+    from lookalike.metrics import evaluate, mean
+    from lookalike.trec import read_qrels, read_run
+
+    names = list(metric_names) or ["mrr", "p@10", "r@10", "map", "ndcg@10"]
+    values = evaluate(read_run(run_file), read_qrels(qrels_file), names, threshold=threshold,
+                      gain=gain, complete=complete)  # type: ignore[arg-type]
+    means = mean(values)
+    queries = len(next(iter(values.values()), {}))
+    if as_json:
+        doc: dict[str, Any] = {"queries": queries, "mean": means}
+        if per_query:
+            doc["per_query"] = values
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if per_query:
+        for name, by_query in values.items():
+            for qid, value in by_query.items():
+                click.echo(f"{name:<12} {qid:<16} {value:.4f}")
+    for name, value in means.items():
+        click.echo(f"{name:<12} {'all':<16} {value:.4f}")
+    click.echo(f"{'queries':<12} {'all':<16} {queries}")
+
+
+@cli.command()
 def models() -> None:
     """List the encoders (any timm model also works as timm:NAME)."""
     from lookalike.encoders import get_spec, list_encoders

@@ -15,7 +15,8 @@ queries in Python.
 | P@k when fewer than k results | divide by k |
 | order of a scored run | score descending, ties by doc id descending (trec_eval) |
 | query with no relevant item | scores 0 and counts in the mean |
-| which queries are averaged | those in both run and qrels; `complete=True` (trec_eval -c) averages over all qrels queries, a missing run scoring 0 |
+| queries averaged | those in both run and qrels; `complete=True` (trec_eval -c): all |
+|                  | qrels queries, a query missing from the run scoring 0          |
 | MRR | no cut-off unless `mrr@k` is asked |
 
 Metric names (`evaluate(run, qrels, ["ndcg@10", "map"])`):

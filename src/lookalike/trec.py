@@ -75,3 +75,50 @@ def write_run(path: str | Path, results: Mapping[str, Sequence[Hit]], tag: str =
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fields(path: Path, expected: int, shape: str) -> list[tuple[str, list[str]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LookalikeError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise LookalikeError(f"{path}: not a UTF-8 text file") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != expected:
+            raise LookalikeError(f"{path}:{number}: expected {shape}, got {line.strip()!r}")
+        rows.append((f"{path}:{number}", parts))
+    return rows
+
+
+def read_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """A TREC run, `QID Q0 DOCID RANK SCORE TAG`, as `{qid: {doc: score}}`."""
+    run: dict[str, dict[str, float]] = {}
+    for where, (qid, _, doc, _, score, _) in _fields(Path(path), 6,
+                                                     "QID Q0 DOCID RANK SCORE TAG"):
+        try:
+            value = float(score)
+        except ValueError:
+            raise LookalikeError(f"{where}: score {score!r} is not a number") from None
+        if value != value:
+            raise LookalikeError(f"{where}: query {qid!r} has a NaN score")
+        docs = run.setdefault(qid, {})
+        if doc in docs:
+            raise LookalikeError(f"{where}: query {qid!r} lists {doc!r} twice")
+        docs[doc] = value
+    return run
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """TREC qrels, `QID 0 DOCID GRADE`, as `{qid: {doc: grade}}`."""
+    qrels: dict[str, dict[str, int]] = {}
+    for where, (qid, _, doc, grade) in _fields(Path(path), 4, "QID 0 DOCID GRADE"):
+        try:
+            qrels.setdefault(qid, {})[doc] = int(grade)
+        except ValueError:
+            raise LookalikeError(f"{where}: grade {grade!r} is not an integer") from None
+    return qrels

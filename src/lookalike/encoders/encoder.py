@@ -17,9 +17,10 @@ from typing import Literal, cast
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
-from lookalike.encoders.heads import L2Normalized
+from lookalike.encoders.heads import L2Normalized, PixelNormalize
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
 from lookalike.encoders.runtime import (
@@ -80,7 +81,8 @@ class Encoder:
         }
 
     def prepare(self, item: EncodeInput) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode (and crop) one input: a model-ready (3, S, S) array and the image's size."""
+        """Decode (and crop) one input: model-ready (S, S, 3) uint8 pixels and the image's
+        size."""
         if isinstance(item, tuple):
             source, box = item
             decoded = decode(source)
@@ -89,8 +91,8 @@ class Encoder:
         return self.preprocess(decoded.image), decoded.full_size
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """The bare forward pass on a preprocessed (B, 3, S, S) batch."""
-        out = self.backend(np.ascontiguousarray(pixels, dtype=np.float32))
+        """The bare forward pass on a batch of prepared (B, S, S, 3) uint8 pixels."""
+        out = self.backend(np.ascontiguousarray(pixels, dtype=np.uint8))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
@@ -177,7 +179,11 @@ def create_encoder(
     (the graph is exported once and cached). `weights` overrides the entry's weights file.
     """
     spec = get_spec(name)
-    module = L2Normalized(spec.load(Path(weights) if weights else None)).eval()
+    pre = spec.preprocess
+    module = nn.Sequential(
+        PixelNormalize(pre.mean, pre.std),
+        L2Normalized(spec.load(Path(weights) if weights else None)),
+    ).eval()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = backend

@@ -52,3 +52,20 @@ class L2Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.net(x), dim=1)
+
+
+class PixelNormalize(nn.Module):
+    """uint8 (B, H, W, 3) pixels -> the float (B, 3, H, W) input the network was trained on."""
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]
+                 ) -> None:
+        super().__init__()
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
+        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(
+            std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        return x * self.scale - self.shift

@@ -19,7 +19,11 @@ _RESAMPLE = {
 @dataclass(frozen=True)
 class Preprocess:
     """Squash the whole image to `size` x `size` (no centre crop: for search every part of
-    the image counts, the borders included), scale to [0, 1], then `(x - mean) / std`."""
+    the image counts, the borders included), scale to [0, 1], then `(x - mean) / std`.
+
+    The resize runs on the CPU workers and yields uint8 pixels; the scaling runs inside the
+    model graph (`PixelNormalize`), where it is vectorised and costs nothing extra.
+    """
 
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -27,15 +31,12 @@ class Preprocess:
     interpolation: str = "bilinear"
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB image -> float32 array of shape (3, size, size)."""
+        """RGB image -> uint8 array of shape (size, size, 3)."""
+        # reducing_gap=1: shrink by an integer box filter first (antialiased, 2x faster).
         resized = image.resize(
-            (self.size, self.size), _RESAMPLE[self.interpolation], reducing_gap=3.0
+            (self.size, self.size), _RESAMPLE[self.interpolation], reducing_gap=1.0
         )
-        arr = np.asarray(resized, dtype=np.float32)
-        arr = (arr - np.float32(255) * np.asarray(self.mean, np.float32)) / (
-            np.float32(255) * np.asarray(self.std, np.float32)
-        )
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return np.asarray(resized, dtype=np.uint8)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -12,13 +12,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-_EXPORT_VERSION = 2  # bump when the exported graph changes for the same weights
+_EXPORT_VERSION = 3  # bump when the exported graph changes for the same weights
 
 
 def cache_dir() -> Path:
@@ -33,7 +33,7 @@ class Backend(Protocol):
     name: str
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, 3, S, S) float32 -> (B, D) float32 unit rows."""
+        """(B, S, S, 3) uint8 -> (B, D) float32 unit rows."""
         ...
 
 
@@ -95,16 +95,16 @@ def freeze_same_padding(module: nn.Module, size: int) -> nn.Module:
         for name, sub in module.named_modules() if isinstance(sub, Conv2dSame)
     ]
     with torch.no_grad():
-        module(torch.zeros(1, 3, size, size))
+        module(torch.zeros(1, size, size, 3, dtype=torch.uint8))
     for hook in hooks:
         hook.remove()
     for name, (height, width) in shapes.items():
-        conv = module.get_submodule(name)
+        conv = cast(nn.Conv2d, module.get_submodule(name))
         (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
         pad_h = get_same_padding(height, kh, sh, dh)
         pad_w = get_same_padding(width, kw, sw, dw)
-        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                          0, conv.dilation, conv.groups, conv.bias is not None)
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, (kh, kw), (sh, sw), 0,
+                          (dh, dw), conv.groups, conv.bias is not None)
         plain.load_state_dict(conv.state_dict())
         pad = nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         parent_name, _, attr = name.rpartition(".")
@@ -118,7 +118,7 @@ def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
         return path
     module = freeze_same_padding(copy.deepcopy(module).cpu().eval(), size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
