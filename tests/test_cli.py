@@ -99,3 +99,34 @@ def test_demo_writes_a_page(tmp_path: Path) -> None:
     text = page.read_text()
     assert text.count("<section>") == 5 and "coffee.jpg" in text and "data:image/jpeg" in text
     assert "Crop query: the cat's face: chelsea.jpg" in result.stdout
+
+
+def test_metrics_command(tmp_path: Path) -> None:
+    run_file, qrels = tmp_path / "run.txt", tmp_path / "qrels.txt"
+    run_file.write_text("q1 Q0 a 1 0.9 t\nq1 Q0 b 2 0.8 t\nq2 Q0 c 1 0.5 t\n")
+    qrels.write_text("q1 0 b 3\nq2 0 c 1\nq2 0 d 2\n")
+    result = run("metrics", run_file, qrels, "-m", "mrr", "-m", "p@1", "--json", "--per-query")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["queries"] == 2 and doc["mean"]["mrr"] == 0.75 and doc["mean"]["p@1"] == 0.5
+    assert doc["per_query"]["mrr"] == {"q1": 0.5, "q2": 1.0}
+    table = run("metrics", run_file, qrels, "-m", "map", "--threshold", "2")
+    assert table.returncode == 0 and "map" in table.stdout and "all" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("run_text", "qrels_text", "extra", "message"),
+    [
+        ("q1 Q0 a 1 0.9\n", "q1 0 a 1\n", [], "run.txt:1: expected QID Q0 DOCID RANK SCORE TAG"),
+        ("q1 Q0 a 1 nan t\n", "q1 0 a 1\n", [], "NaN"),
+        ("q1 Q0 a 1 1 t\nq1 Q0 a 2 0 t\n", "q1 0 a 1\n", [], "'a' twice"),
+        ("q1 Q0 a 1 1 t\n", "q1 0 a high\n", [], "qrels.txt:1: grade 'high'"),
+        ("q1 Q0 a 1 1 t\n", "q1 0 a 1\n", ["-m", "ndcg@x"], "unknown metric"),
+    ],
+)
+def test_metrics_bad_files(tmp_path: Path, run_text: str, qrels_text: str, extra: list[str],
+                           message: str) -> None:
+    (tmp_path / "run.txt").write_text(run_text)
+    (tmp_path / "qrels.txt").write_text(qrels_text)
+    result = run("metrics", tmp_path / "run.txt", tmp_path / "qrels.txt", *extra)
+    assert result.returncode == 2 and message in result.stderr

@@ -67,7 +67,7 @@ def test_imagenet_head_sees_a_cat(name: str, samples: list[Path]) -> None:
     to_input, embedder = encoder.module  # PixelNormalize, L2Normalized(embedding head)
     classifier = embedder.net.net  # the full network the embedding head wraps
     with torch.no_grad():
-        logits = classifier(to_input(torch.from_numpy(pixels[None])))
+        logits = classifier(to_input(torch.from_numpy(pixels[None].copy())))
     assert int(logits.argmax()) in IMAGENET_CATS
 
 

@@ -33,10 +33,10 @@ Metric names (`evaluate(run, qrels, ["ndcg@10", "map"])`):
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Literal
 
 import numpy as np
@@ -99,37 +99,81 @@ class Ranked:
     ideal: np.ndarray
 
 
-def _ordered_run(qid: str, docs: Mapping[str, float] | Sequence[str]) -> list[str]:
-    if isinstance(docs, Mapping):
-        scores = list(docs.values())
-        if any(isinstance(s, float) and math.isnan(s) for s in scores):
-            raise MetricError(f"query {qid!r}: the run holds NaN scores")
-        # score descending, then doc id descending: sort ascending on both and reverse
-        return [d for d, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
-    ranked = list(docs)
-    if len(set(ranked)) != len(ranked):
-        raise MetricError(f"query {qid!r}: the run lists a document more than once")
-    return ranked
+def _flatten(run: Run, query_ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All retrieved docs in one list, their scores (a ranked list gets descending
+    pseudo-scores), and each query's count."""
+    docs: list[str] = []
+    scores: list[float] = []
+    lengths = np.zeros(len(query_ids), np.int64)
+    for row, qid in enumerate(query_ids):
+        entries = run.get(qid, {})
+        if isinstance(entries, Mapping):
+            docs.extend(entries)
+            scores.extend(entries.values())
+        else:
+            ranked = list(entries)
+            if len(set(ranked)) != len(ranked):
+                raise MetricError(f"query {qid!r}: the run lists a document more than once")
+            docs.extend(ranked)
+            scores.extend(range(len(ranked), 0, -1))
+        lengths[row] = len(entries)
+    values = np.asarray(scores, np.float64)
+    if np.isnan(values).any():
+        row = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(np.isnan(values))),
+                                  side="right"))
+        raise MetricError(f"query {query_ids[row]!r}: the run holds NaN scores")
+    return docs, values, lengths
+
+
+def _padded(lengths: np.ndarray, values: np.ndarray, fill: float) -> np.ndarray:
+    """Row-grouped entries as a (rows, longest row) matrix, padded with `fill`."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    matrix = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), fill, np.float64)
+    matrix[rows, np.arange(len(values)) - starts[rows]] = values
+    return matrix
+
+
+def _rank_order(scores: np.ndarray, docs: list[str], lengths: np.ndarray) -> np.ndarray:
+    """Per row, the column order: score descending, ties by doc id descending (trec_eval).
+    Only the entries that tie need their doc ids compared as strings."""
+    matrix = _padded(lengths, scores, -np.inf)
+    order = np.argsort(-matrix, axis=1, kind="stable")
+    ranked = np.take_along_axis(matrix, order, axis=1)
+    same = (ranked[:, 1:] == ranked[:, :-1]) & np.isfinite(ranked[:, 1:])
+    if not same.any():
+        return order
+    in_tie = np.zeros(ranked.shape, bool)
+    in_tie[:, 1:] |= same
+    in_tie[:, :-1] |= same
+    flat_index = _padded(lengths, np.arange(len(docs), dtype=np.float64), -1).astype(np.int64)
+    tied = np.take_along_axis(flat_index, order, axis=1)[in_tie]
+    _, doc_rank = np.unique(np.array([docs[i] for i in tied.tolist()]), return_inverse=True)
+    tiebreak = np.zeros(len(docs))
+    tiebreak[tied] = doc_rank + 1
+    by_doc = np.argsort(-_padded(lengths, tiebreak, 0.0), axis=1, kind="stable")
+    then_score = np.argsort(-np.take_along_axis(matrix, by_doc, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(by_doc, then_score, axis=1)
 
 
 def rank(run: Run, qrels: Qrels, *, complete: bool = False) -> Ranked:
-    """Order each query's run and look up the grades of what it retrieved."""
+    """Order each query's run and look up the grades of what it retrieved, all queries at
+    once as padded matrices (no per-query sort)."""
     query_ids = sorted(qrels) if complete else sorted(set(run) & set(qrels))
-    rows = [_ordered_run(q, run.get(q, {})) for q in query_ids]
-    lengths = np.array([len(r) for r in rows], np.int64)
-    depth = max(1, int(lengths.max(initial=0)))
-    grades = np.zeros((len(rows), depth), np.float64)
-    # One flat gather: (query row, rank) -> grade, unjudged 0.
-    flat_rows = np.repeat(np.arange(len(rows)), lengths)
-    flat_ranks = np.concatenate([np.arange(n) for n in lengths]) if len(rows) else np.empty(0)
-    flat_grades = [qrels[q].get(d, 0) for q, r in zip(query_ids, rows, strict=True) for d in r]
-    grades[flat_rows, flat_ranks.astype(np.int64)] = np.asarray(flat_grades, np.float64)
-    judged = [sorted(qrels[q].values(), reverse=True) for q in query_ids]
-    width = max(1, max((len(j) for j in judged), default=0))
-    ideal = np.zeros((len(rows), width), np.float64)
-    for row, values in enumerate(judged):
-        ideal[row, : len(values)] = values
-    return Ranked(query_ids, grades, lengths, ideal)
+    docs, scores, lengths = _flatten(run, query_ids)
+    grades = np.empty(len(docs), np.float64)
+    at = 0
+    for qid, n in zip(query_ids, lengths.tolist(), strict=True):
+        grades[at:at + n] = list(map(qrels[qid].get, docs[at:at + n], repeat(0, n)))
+        at += n
+    order = _rank_order(scores, docs, lengths)
+    ranked_grades = np.take_along_axis(_padded(lengths, grades, 0.0), order, axis=1)
+    judged_counts = np.array([len(qrels[q]) for q in query_ids], np.int64)
+    judged = np.fromiter(chain.from_iterable(qrels[q].values() for q in query_ids),
+                         np.float64, int(judged_counts.sum()))
+    ideal = -np.sort(-_padded(judged_counts, judged, -np.inf), axis=1)
+    ideal[np.isneginf(ideal)] = 0.0
+    return Ranked(query_ids, ranked_grades, lengths, ideal)
 
 
 def _cut(matrix: np.ndarray, k: int | None) -> np.ndarray:

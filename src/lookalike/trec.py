@@ -8,10 +8,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lookalike.collection import Hit
 from lookalike.errors import LookalikeError
 from lookalike.images import Box, validate_box
+
+if TYPE_CHECKING:  # collection imports PyTorch; reading files should not
+    from lookalike.collection import Hit
 
 
 @dataclass(frozen=True)
