@@ -151,6 +151,36 @@ def metrics(run_file: Path, qrels_file: Path, metric_names: tuple[str, ...], thr
     click.echo(f"{'queries':<12} {'all':<16} {queries}")
 
 
+@cli.command("evaluate")
+@collection_option
+@click.option("--queries", required=True, type=click.Path(path_type=Path),
+              help="queries.jsonl (whole images and crops).")
+@click.option("--qrels", required=True, type=click.Path(path_type=Path),
+              help="TREC qrels with grades 0-5.")
+@click.option("-m", "--metric", "metric_names", multiple=True,
+              help="Metrics to report (repeatable); default mrr, p@10, r@10, map, ndcg@10.")
+@click.option("-k", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--threshold", default=1, show_default=True, type=int)
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Folder for run.txt, metrics.json and per_query.csv.")
+def evaluate_command(collection: Path, queries: Path, qrels: Path,
+                     metric_names: tuple[str, ...], k: int, threshold: int,
+                     report: Path | None) -> None:
+    """Search COLLECTION with every query and score the results against QRELS."""
+    from lookalike.collection import Collection
+    from lookalike.evaluation import DEFAULT_METRICS, evaluate_collection, write_report
+    from lookalike.trec import read_qrels, read_queries
+
+    parsed, judged = read_queries(queries), read_qrels(qrels)
+    with Collection.open(collection) as coll:
+        result = evaluate_collection(coll, parsed, judged, k=k, threshold=threshold,
+                                     metrics=list(metric_names) or DEFAULT_METRICS)
+    if report is not None:
+        write_report(result, report)
+    for name, value in result.mean.items():
+        click.echo(f"{name:<12} {value:.4f}")
+
+
 @cli.command()
 def models() -> None:
     """List the encoders (any timm model also works as timm:NAME)."""

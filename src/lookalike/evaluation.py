@@ -1,0 +1,65 @@
+"""Run a collection over a query set and score it against graded judgements.
+
+`evaluate_collection` searches every query (whole images and crops) in one batch, scores the
+run with `lookalike.metrics`, and `write_report` leaves `run.txt`, `metrics.json` and
+`per_query.csv` in a folder for later comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.collection import Collection, Hit
+from lookalike.errors import LookalikeError
+from lookalike.metrics import Gain, evaluate, mean
+from lookalike.trec import Query, write_run
+
+DEFAULT_METRICS = ("mrr", "p@10", "r@10", "map", "ndcg@10")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    hits: dict[str, list[Hit]]
+    per_query: dict[str, dict[str, float]]
+    mean: dict[str, float]
+
+
+def evaluate_collection(
+    collection: Collection,
+    queries: Sequence[Query],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    k: int = 100,
+    threshold: int = 1,
+    gain: Gain = "linear",
+) -> Evaluation:
+    indexed = set(collection.ids())
+    if not any(doc in indexed for judged in qrels.values() for doc in judged):
+        raise LookalikeError("the qrels judge no image of the collection: are the ids paths "
+                             "relative to the indexed folder?")
+    items = [(q.image, q.crop) if q.crop else q.image for q in queries]
+    results = collection.search_many(items, k=k)
+    hits = {q.id: r for q, r in zip(queries, results, strict=True)}
+    run = {qid: {h.id: h.score for h in found} for qid, found in hits.items()}
+    per_query = evaluate(run, qrels, list(metrics), threshold=threshold, gain=gain)
+    return Evaluation(hits, per_query, mean(per_query))
+
+
+def write_report(result: Evaluation, folder: Path) -> None:
+    """`run.txt` (TREC), `metrics.json` (means) and `per_query.csv` in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_run(folder / "run.txt", result.hits)
+    queries = sorted({q for values in result.per_query.values() for q in values})
+    (folder / "metrics.json").write_text(
+        json.dumps({"queries": len(queries), "mean": result.mean}, indent=2) + "\n"
+    )
+    with (folder / "per_query.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["query", *result.per_query])
+        for qid in queries:
+            writer.writerow([qid, *(f"{v[qid]:.6f}" for v in result.per_query.values())])

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from lookalike import Collection, LookalikeError
+from lookalike.evaluation import evaluate_collection, write_report
+from lookalike.trec import Query
+
+
+@pytest.fixture()
+def query_set(tmp_path: Path, photo_dir: Path) -> tuple[list[Query], dict[str, dict[str, int]]]:
+    """Mirrored copies of two indexed photos (grade 5 for the source) and a crop query."""
+    queries, qrels = [], {}
+    for name in ("coffee.jpg", "astronaut.jpg"):
+        mirrored = tmp_path / f"q_{name}"
+        ImageOps.mirror(Image.open(photo_dir / name)).save(mirrored, quality=70)
+        queries.append(Query(name.split(".")[0], mirrored))
+        qrels[name.split(".")[0]] = {name: 5, "brick.jpg": 0}
+    queries.append(Query("cat_face", photo_dir / "chelsea.jpg", (140, 20, 320, 200)))
+    qrels["cat_face"] = {"chelsea.jpg": 4}
+    return queries, qrels
+
+
+def test_mirrored_copies_find_their_source(tmp_path: Path, photo_dir: Path, encoder,  # type: ignore[no-untyped-def]
+                                           query_set) -> None:
+    queries, qrels = query_set
+    coll = Collection.create(tmp_path / "coll", encoder=encoder)
+    coll.index_folder(photo_dir)
+    result = evaluate_collection(coll, queries, qrels, metrics=["mrr", "ndcg@10", "p@1"])
+    assert result.mean == {"mrr": 1.0, "ndcg@10": 1.0, "p@1": 1.0}
+    write_report(result, tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["queries"] == 3
+    rows = list(csv.reader((tmp_path / "report" / "per_query.csv").open()))
+    assert rows[0] == ["query", "mrr", "ndcg@10", "p@1"] and len(rows) == 4
+    assert (tmp_path / "report" / "run.txt").read_text().startswith("coffee Q0 coffee.jpg 1 ")
+
+    with pytest.raises(LookalikeError, match="judge no image"):
+        evaluate_collection(coll, queries, {"coffee": {"elsewhere/x.jpg": 5}})
+
+
+def test_evaluate_command(tmp_path: Path, photo_dir: Path, query_set) -> None:  # type: ignore[no-untyped-def]
+    queries, qrels = query_set
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": q.id, "image": str(q.image),
+                                         "crop": list(q.crop) if q.crop else None}) + "\n"
+                             for q in queries))
+    qrels_file = tmp_path / "qrels.txt"
+    qrels_file.write_text("".join(f"{q} 0 {d} {g}\n" for q, docs in qrels.items()
+                                  for d, g in docs.items()))
+    cli = [sys.executable, "-m", "lookalike.cli"]
+    subprocess.run([*cli, "index", str(photo_dir), "-c", str(tmp_path / "c"), "--no-progress"],
+                   check=True, capture_output=True)
+    result = subprocess.run([*cli, "evaluate", "-c", str(tmp_path / "c"), "--queries", str(qfile),
+                             "--qrels", str(qrels_file), "--report", str(tmp_path / "r")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "mrr          1.0000" in result.stdout
+    assert (tmp_path / "r" / "per_query.csv").is_file()
