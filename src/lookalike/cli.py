@@ -128,10 +128,10 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
 def metrics(run_file: Path, qrels_file: Path, metric_names: tuple[str, ...], threshold: int,
             gain: str, complete: bool, per_query: bool, as_json: bool) -> None:
     """Score a TREC RUN file against QRELS (trec_eval's conventions)."""
-    from lookalike.metrics import evaluate, mean
+    from lookalike.metrics import DEFAULT_METRICS, evaluate, mean
     from lookalike.trec import read_qrels, read_run
 
-    names = list(metric_names) or ["mrr", "p@10", "r@10", "map", "ndcg@10"]
+    names = list(metric_names) or list(DEFAULT_METRICS)
     values = evaluate(read_run(run_file), read_qrels(qrels_file), names, threshold=threshold,
                       gain=gain, complete=complete)  # type: ignore[arg-type]
     means = mean(values)
@@ -151,6 +151,29 @@ def metrics(run_file: Path, qrels_file: Path, metric_names: tuple[str, ...], thr
     click.echo(f"{'queries':<12} {'all':<16} {queries}")
 
 
+@cli.command()
+@click.argument("run_a", metavar="RUN_A", type=click.Path(path_type=Path))
+@click.argument("run_b", metavar="RUN_B", type=click.Path(path_type=Path))
+@click.argument("qrels_file", metavar="QRELS", type=click.Path(path_type=Path))
+@click.option("-m", "--metric", "metric_names", multiple=True,
+              help="Metrics to compare (repeatable); default mrr, p@10, r@10, map, ndcg@10.")
+@click.option("--permutations", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--bootstrap", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def compare(run_a: Path, run_b: Path, qrels_file: Path, metric_names: tuple[str, ...],
+            permutations: int, bootstrap: int, seed: int, as_json: bool) -> None:
+    """Compare two TREC runs: differences, randomization-test p-values, bootstrap CIs."""
+    from lookalike.comparison import compare_runs
+    from lookalike.metrics import DEFAULT_METRICS
+    from lookalike.trec import read_qrels, read_run
+
+    result = compare_runs(read_run(run_a), read_run(run_b), read_qrels(qrels_file),
+                          list(metric_names) or DEFAULT_METRICS, permutations=permutations,
+                          bootstrap=bootstrap, seed=seed)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+
+
 @cli.command("evaluate")
 @collection_option
 @click.option("--queries", required=True, type=click.Path(path_type=Path),
@@ -168,7 +191,8 @@ def evaluate_command(collection: Path, queries: Path, qrels: Path,
                      report: Path | None) -> None:
     """Search COLLECTION with every query and score the results against QRELS."""
     from lookalike.collection import Collection
-    from lookalike.evaluation import DEFAULT_METRICS, evaluate_collection, write_report
+    from lookalike.evaluation import evaluate_collection, write_report
+    from lookalike.metrics import DEFAULT_METRICS
     from lookalike.trec import read_qrels, read_queries
 
     parsed, judged = read_queries(queries), read_qrels(qrels)

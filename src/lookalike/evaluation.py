@@ -15,10 +15,8 @@ from pathlib import Path
 
 from lookalike.collection import Collection, Hit
 from lookalike.errors import LookalikeError
-from lookalike.metrics import Gain, evaluate, mean
+from lookalike.metrics import DEFAULT_METRICS, Gain, evaluate, mean
 from lookalike.trec import Query, write_run
-
-DEFAULT_METRICS = ("mrr", "p@10", "r@10", "map", "ndcg@10")
 
 
 @dataclass(frozen=True)
