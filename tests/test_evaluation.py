@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lookalike import Collection, LookalikeError
-from lookalike.evaluation import evaluate_collection, write_report
+from lookalike.evaluation import evaluate_collection, leave_one_out, write_report
 from lookalike.trec import Query
 
 
@@ -63,3 +63,26 @@ def test_evaluate_command(tmp_path: Path, photo_dir: Path, query_set) -> None:  
     assert result.returncode == 0, result.stderr
     assert "mrr          1.0000" in result.stdout
     assert (tmp_path / "r" / "per_query.csv").is_file()
+
+
+def test_leave_one_out_on_a_labelled_folder(tmp_path: Path, samples, encoder) -> None:  # type: ignore[no-untyped-def]
+    """Three classes, each a photo and two edited copies: each image's class-mates rank first."""
+    root = tmp_path / "labelled"
+    for stem in ("chelsea", "coffee", "rocket"):
+        (root / stem).mkdir(parents=True)
+        img = Image.open(next(p for p in samples if p.stem == stem)).convert("RGB")
+        w, h = img.size
+        img.save(root / stem / "original.jpg")
+        ImageOps.mirror(img).save(root / stem / "mirrored.jpg", quality=60)
+        img.crop((w // 10, h // 10, w, h)).save(root / stem / "cropped.jpg")
+    coll = Collection.create(tmp_path / "coll", encoder=encoder)
+    coll.index_folder(root)
+    result = leave_one_out(coll, metrics=["mrr", "map", "r@2"])
+    assert len(result.hits) == 9
+    assert all(q not in [h.id for h in hits] for q, hits in result.hits.items())
+    assert result.mean == {"mrr": 1.0, "map": 1.0, "r@2": 1.0}
+
+    flat = Collection.create(tmp_path / "flat", encoder=encoder)
+    flat.index_folder(root / "coffee")
+    with pytest.raises(LookalikeError, match="two class subfolders"):
+        leave_one_out(flat)

@@ -176,29 +176,42 @@ def compare(run_a: Path, run_b: Path, qrels_file: Path, metric_names: tuple[str,
 
 @cli.command("evaluate")
 @collection_option
-@click.option("--queries", required=True, type=click.Path(path_type=Path),
+@click.option("--queries", type=click.Path(path_type=Path),
               help="queries.jsonl (whole images and crops).")
-@click.option("--qrels", required=True, type=click.Path(path_type=Path),
-              help="TREC qrels with grades 0-5.")
+@click.option("--qrels", type=click.Path(path_type=Path), help="TREC qrels with grades 0-5.")
+@click.option("--labelled", type=click.Path(path_type=Path),
+              help="Instead of queries and qrels: index this folder of class subfolders and "
+              "let each image query the rest (same class = relevant).")
 @click.option("-m", "--metric", "metric_names", multiple=True,
               help="Metrics to report (repeatable); default mrr, p@10, r@10, map, ndcg@10.")
 @click.option("-k", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--threshold", default=1, show_default=True, type=int)
 @click.option("--report", type=click.Path(path_type=Path),
               help="Folder for run.txt, metrics.json and per_query.csv.")
-def evaluate_command(collection: Path, queries: Path, qrels: Path,
-                     metric_names: tuple[str, ...], k: int, threshold: int,
-                     report: Path | None) -> None:
-    """Search COLLECTION with every query and score the results against QRELS."""
+def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
+                     labelled: Path | None, metric_names: tuple[str, ...], k: int,
+                     threshold: int, report: Path | None) -> None:
+    """Search COLLECTION with every query and score the results against QRELS, or run a
+    leave-one-out evaluation of a labelled folder."""
     from lookalike.collection import Collection
-    from lookalike.evaluation import evaluate_collection, write_report
+    from lookalike.evaluation import evaluate_collection, leave_one_out, write_report
     from lookalike.metrics import DEFAULT_METRICS
     from lookalike.trec import read_qrels, read_queries
 
-    parsed, judged = read_queries(queries), read_qrels(qrels)
-    with Collection.open(collection) as coll:
-        result = evaluate_collection(coll, parsed, judged, k=k, threshold=threshold,
-                                     metrics=list(metric_names) or DEFAULT_METRICS)
+    names = list(metric_names) or DEFAULT_METRICS
+    if labelled is not None:
+        if queries is not None or qrels is not None:
+            raise click.UsageError("--labelled replaces --queries and --qrels")
+        with Collection.open_or_create(collection) as coll:
+            coll.index_folder(labelled, progress=True)
+            result = leave_one_out(coll, metrics=names, k=k)
+    elif queries is None or qrels is None:
+        raise click.UsageError("give --queries and --qrels, or --labelled DIR")
+    else:
+        parsed, judged = read_queries(queries), read_qrels(qrels)
+        with Collection.open(collection) as coll:
+            result = evaluate_collection(coll, parsed, judged, k=k, threshold=threshold,
+                                         metrics=names)
     if report is not None:
         write_report(result, report)
     for name, value in result.mean.items():

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lookalike.collection import Collection, Hit
 from lookalike.errors import LookalikeError
 from lookalike.metrics import DEFAULT_METRICS, Gain, evaluate, mean
@@ -45,6 +47,27 @@ def evaluate_collection(
     hits = {q.id: r for q, r in zip(queries, results, strict=True)}
     run = {qid: {h.id: h.score for h in found} for qid, found in hits.items()}
     per_query = evaluate(run, qrels, list(metrics), threshold=threshold, gain=gain)
+    return Evaluation(hits, per_query, mean(per_query))
+
+
+def leave_one_out(collection: Collection, *, metrics: Sequence[str] = DEFAULT_METRICS,
+                  k: int = 100) -> Evaluation:
+    """Each image of a labelled collection (class = first folder of its id) queries all the
+    others; the images of its class are relevant (grade 1)."""
+    ids = collection.ids()
+    classes: dict[str, list[str]] = {}
+    for image_id in ids:
+        if "/" in image_id:
+            classes.setdefault(image_id.split("/", 1)[0], []).append(image_id)
+    if len(classes) < 2:
+        raise LookalikeError("leave-one-out needs images in at least two class subfolders")
+    queries = [i for members in classes.values() for i in members]
+    qrels = {q: {d: 1 for d in classes[q.split("/", 1)[0]] if d != q} for q in queries}
+    vectors = np.stack([collection.query_vector(like=q) for q in queries])
+    results = collection.search_vectors(vectors, k=k, exclude=[{q} for q in queries])
+    hits = dict(zip(queries, results, strict=True))
+    run = {q: {h.id: h.score for h in found} for q, found in hits.items()}
+    per_query = evaluate(run, qrels, list(metrics))
     return Evaluation(hits, per_query, mean(per_query))
 
 
