@@ -219,6 +219,22 @@ def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
 
 
 @cli.command()
+@click.argument("name")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--db-size", default=2000, show_default=True, type=click.IntRange(min=1))
+@click.option("--queries", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def dataset(name: str, out: Path, db_size: int, queries: int, seed: int) -> None:
+    """Build the evaluation set NAME (digits, fashion-mnist) under OUT: database/,
+    queries.jsonl, qrels.txt."""
+    from lookalike.datasets import build_dataset
+
+    path = build_dataset(name, out, db_size=db_size, queries=queries, seed=seed)
+    click.echo(f"{path}: index {path / 'database'}, then evaluate with "
+               f"{path / 'queries.jsonl'} and {path / 'qrels.txt'}")
+
+
+@cli.command()
 def models() -> None:
     """List the encoders (any timm model also works as timm:NAME)."""
     from lookalike.encoders import get_spec, list_encoders
