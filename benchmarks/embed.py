@@ -89,7 +89,7 @@ def main() -> None:
         if not link.exists():
             link.symlink_to(p.resolve())
     encoder = create_encoder("efficientnet_lite0")
-    pixels = np.stack([encoder.prepare(p)[0] for p in paths])
+    pixels = np.concatenate([encoder.prepare(p).pixels for p in paths])
     # The same weights as a user would run them: float NCHW input, eager PyTorch.
     eager = create_encoder("efficientnet_lite0", backend="torch").module[1].eval()
     net = eager.net.net

@@ -118,3 +118,39 @@ def test_other_encoder_is_refused(tmp_path: Path, photo_dir: Path, encoder) -> N
         Collection.open(tmp_path / "elsewhere")
     with pytest.raises(LookalikeError, match="not a directory"):
         Collection.open(tmp_path / "coll").index_folder(tmp_path / "missing")
+
+
+def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samples,  # type: ignore[no-untyped-def]
+                                                            encoder) -> None:
+    """A detail of one photo, pasted small into a collage, is found through region vectors:
+    the hit carries the region's box, and all of an image's vectors go when it goes."""
+    from PIL import Image
+
+    root = tmp_path / "collages"
+    root.mkdir()
+    photos = [Image.open(p).convert("RGB").resize((300, 300)) for p in samples[:8]]
+    for i in range(4):  # each collage: four photos in a 2x2 layout
+        collage = Image.new("RGB", (600, 600))
+        for j, (x, y) in enumerate([(0, 0), (300, 0), (0, 300), (300, 300)]):
+            collage.paste(photos[(i + j * 2) % 8], (x, y))
+        collage.save(root / f"collage{i}.jpg")
+    query = tmp_path / "q.jpg"
+    photos[5].save(query)  # in collage 1 (bottom-left) and collage 3 (top-right)
+
+    coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="grid")
+    coll.index_folder(root)
+    assert coll.vector_count() == 4 * 14
+    hits = coll.search(query, k=4)
+    assert {h.id for h in hits[:2]} == {"collage1.jpg", "collage3.jpg"}
+    best = hits[0]
+    assert best.box in ((0, 300, 300, 600), (300, 0, 600, 300))  # the quadrant it fills
+
+    plain = Collection.create(tmp_path / "plain", encoder=encoder)
+    plain.index_folder(root)
+    assert best.score > plain.search(query, k=1)[0].score + 0.1
+
+    (root / best.id).unlink()
+    coll.index_folder(root)
+    assert coll.vector_count() == 3 * 14
+    with pytest.raises(LookalikeError, match="unknown regions spec"):
+        Collection.create(tmp_path / "bad", encoder=encoder, regions="grid:9")

@@ -63,7 +63,7 @@ def test_shipped_encoder_is_pretrained_and_both_runtimes_agree(
 def test_imagenet_head_sees_a_cat(name: str, samples: list[Path]) -> None:
     encoder = create_encoder(name, backend="torch")
     chelsea = next(p for p in samples if p.stem == "chelsea")
-    pixels, _ = encoder.prepare(chelsea)
+    pixels = encoder.prepare(chelsea).pixels[0]
     to_input, embedder = encoder.module  # PixelNormalize, L2Normalized(embedding head)
     classifier = embedder.net.net  # the full network the embedding head wraps
     with torch.no_grad():

@@ -56,18 +56,26 @@ def demo(out: Path) -> None:
               "defaults to the collection's, or efficientnet_lite0 for a new one.")
 @click.option("--index", "index_spec", default="flat", show_default=True,
               help="Index spec for a new collection.")
+@click.option("--regions", default="none", show_default=True,
+              help="For a new collection: also index regions of each image (none, grid, "
+              "grid:N) so crop queries find the images that contain them.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def index(folder: Path, collection: Path, model: str | None, index_spec: str,
+def index(folder: Path, collection: Path, model: str | None, index_spec: str, regions: str,
           batch_size: int, progress: bool) -> None:
     """Create or update COLLECTION from the images under FOLDER (recursively)."""
     from lookalike.collection import Collection
 
-    with Collection.open_or_create(collection, encoder=model, index=index_spec) as coll:
+    if not folder.is_dir():
+        raise LookalikeError(f"{folder}: not a directory")
+    with Collection.open_or_create(collection, encoder=model, index=index_spec,
+                                   regions=regions) as coll:
         report = coll.index_folder(folder, batch_size=batch_size, progress=progress)
         for image_id, reason in report.failed.items():
             click.echo(f"skipped {image_id}: {reason}", err=True)
-        click.echo(f"{collection}: {report.summary()}; {len(coll)} images indexed")
+        images, vectors = len(coll), coll.vector_count()
+        click.echo(f"{collection}: {report.summary()}; {images} images indexed, "
+                   f"{vectors} vectors ({vectors * coll.dim * 4 / 2**20:.1f} MiB float32)")
 
 
 @cli.command()

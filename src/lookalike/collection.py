@@ -30,6 +30,7 @@ from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_enc
 from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource
 from lookalike.index import FlatIndex, VectorIndex, create_index
+from lookalike.regions import parse_regions
 
 FORMAT_VERSION = 1
 Metric = Literal["cosine", "dot", "l2"]
@@ -118,15 +119,18 @@ class Collection:
 
     @classmethod
     def create(cls, path: str | Path, *, encoder: str | Encoder = DEFAULT_ENCODER,
-               index: str = "flat") -> Collection:
+               index: str = "flat", regions: str = "none") -> Collection:
+        """A new, empty collection; `regions` (see `lookalike.regions`) picks the parts of
+        each image that get a vector of their own besides the whole image."""
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
-        create_index(index, 1)  # validate the spec before anything is written
+        create_index(index, 1)  # validate the specs before anything is written
+        parse_regions(regions)
         enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
-                    "index": index}
+                    "index": index, "regions": regions}
         _write_json_atomic(path / "manifest.json", manifest)
         return cls(path, manifest, enc)
 
@@ -152,10 +156,11 @@ class Collection:
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
-                       index: str = "flat") -> Collection:
+                       index: str = "flat", regions: str = "none") -> Collection:
         if (Path(path) / "manifest.json").exists():
             return cls.open(path, encoder=encoder)
-        return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index)
+        return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index,
+                          regions=regions)
 
     def close(self) -> None:
         self.catalog.close()
@@ -192,6 +197,10 @@ class Collection:
     def __len__(self) -> int:
         row = self.catalog.db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok'")
         return int(row.fetchone()[0])
+
+    def vector_count(self) -> int:
+        """Vectors held: one per image, plus one per region when regions are indexed."""
+        return int(self.catalog.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
     def ids(self) -> list[str]:
         return [i for i, r in self.catalog.images().items() if r.status == "ok"]
@@ -237,17 +246,23 @@ class Collection:
                 self.catalog.remove_images(db, gone)
             report.removed.extend(gone)
 
+        regions = parse_regions(self.manifest.get("regions", "none"))
         batches = self.encoder.iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
-                                            progress=progress) if todo else iter(())
+                                            progress=progress, regions=regions
+                                            ) if todo else iter(())
         for number, batch in enumerate(batches):
             with self.catalog.transaction() as db:
-                for pos, vector, (w, h) in zip(batch.positions, batch.vectors, batch.sizes,
-                                               strict=True):
+                for i, pos in enumerate(batch.positions):
                     image_id, _, stat, sha = todo[pos]
+                    w, h = batch.sizes[i]
                     record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, w, h,
                                          "ok", None)
-                    self.catalog.put_image(db, record,
-                                           [VectorRow(image_id, (0, 0, w, h), vector)])
+                    rows = [VectorRow(image_id, (0, 0, w, h), batch.vectors[i])]
+                    if regions:
+                        rows += [VectorRow(image_id, box, vector) for box, vector in
+                                 zip(batch.region_boxes[i], batch.region_vectors[i],
+                                     strict=True)]
+                    self.catalog.put_image(db, record, rows)
                     (report.updated if image_id in known else report.added).append(image_id)
                 for pos, error in batch.failures:
                     image_id, _, stat, sha = todo[pos]
@@ -348,7 +363,7 @@ class Collection:
         index = self._load_index()
         if len(index) == 0:
             return [[] for _ in range(len(queries))]
-        per_image = max(1, len(index) // max(1, len(self)))
+        per_image = max(1, -(-len(index) // max(1, len(self))))  # vectors an image, rounded up
         fetch = min(len(index), (k + 1) * per_image)
         scores, vids = index.search(queries, fetch)
         root = self.root or self.path

@@ -33,6 +33,7 @@ from lookalike.encoders.runtime import (
 from lookalike.encoders.weights import fingerprint
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.images import Box, ImageSource, decode
+from lookalike.regions import RegionFn
 
 #: An image, or an image and the box to crop from it.
 EncodeInput = ImageSource | tuple[ImageSource, Box]
@@ -42,12 +43,23 @@ BackendName = Literal["auto", "onnx", "torch"]
 @dataclass
 class EncodedBatch:
     """Vectors for the inputs at `positions` (and each image's full size, as displayed);
-    the inputs that failed, with their error."""
+    with regions, each input's region boxes and their vectors; the inputs that failed."""
 
     positions: list[int]
     vectors: np.ndarray
     sizes: list[tuple[int, int]]
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
+    region_boxes: list[list[Box]] = field(default_factory=list)
+    region_vectors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded input: (1 + regions, S, S, 3) uint8 pixels, the whole image first."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+    boxes: list[Box]
 
 
 class Encoder:
@@ -80,15 +92,20 @@ class Encoder:
             "preprocess": self.preprocess.to_dict(),
         }
 
-    def prepare(self, item: EncodeInput) -> tuple[np.ndarray, tuple[int, int]]:
-        """Decode (and crop) one input: model-ready (S, S, 3) uint8 pixels and the image's
-        size."""
+    def prepare(self, item: EncodeInput, regions: RegionFn | None = None) -> Prepared:
+        """Decode one input once; model-ready pixels for it (or its crop box) and, when
+        `regions` is given, for each region box, cut from the same decoded pixels."""
         if isinstance(item, tuple):
             source, box = item
             decoded = decode(source)
-            return self.preprocess(decoded.crop(box)), decoded.full_size
-        decoded = decode(item, draft_size=self.preprocess.size)
-        return self.preprocess(decoded.image), decoded.full_size
+            return Prepared(self.preprocess(decoded.crop(box))[None], decoded.full_size, [])
+        size = self.preprocess.size
+        # Regions are smaller than the image: decode enough detail for them too.
+        decoded = decode(item, draft_size=size * 2 if regions else size)
+        boxes = regions(decoded.full_size) if regions else []
+        crops = [self.preprocess(decoded.crop(b)) for b in boxes]
+        return Prepared(np.stack([self.preprocess(decoded.image), *crops]), decoded.full_size,
+                        boxes)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The bare forward pass on a batch of prepared (B, S, S, 3) uint8 pixels."""
@@ -103,14 +120,16 @@ class Encoder:
         batch_size: int = 32,
         workers: int | None = None,
         progress: bool = False,
+        regions: RegionFn | None = None,
     ) -> Iterator[EncodedBatch]:
-        """Encode `items` batch by batch; a bad image is reported, not raised."""
+        """Encode `items` batch by batch (and the `regions` of each); a bad image is
+        reported, not raised."""
         if batch_size < 1:
             raise LookalikeError(f"batch_size must be >= 1, got {batch_size}")
         workers = workers or os.cpu_count() or 1
         bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1)
         with ThreadPoolExecutor(workers) as pool:
-            pending: deque[tuple[int, Future[tuple[np.ndarray, tuple[int, int]]]]] = deque()
+            pending: deque[tuple[int, Future[Prepared]]] = deque()
             upcoming = iter(enumerate(items))
 
             def top_up() -> None:
@@ -118,30 +137,33 @@ class Encoder:
                     nxt = next(upcoming, None)
                     if nxt is None:
                         return
-                    pending.append((nxt[0], pool.submit(self.prepare, nxt[1])))
+                    pending.append((nxt[0], pool.submit(self.prepare, nxt[1], regions)))
 
             top_up()
             while pending:
                 positions: list[int] = []
-                arrays: list[np.ndarray] = []
-                sizes: list[tuple[int, int]] = []
+                prepared: list[Prepared] = []
                 failures: list[tuple[int, ImageError]] = []
                 while pending and len(positions) < batch_size:
                     pos, future = pending.popleft()
                     top_up()
                     try:
-                        array, size = future.result()
-                        arrays.append(array)
-                        sizes.append(size)
+                        prepared.append(future.result())
                         positions.append(pos)
                     except ImageError as exc:
                         failures.append((pos, exc))
-                vectors = (
-                    self.embed_pixels(np.stack(arrays))
-                    if arrays else np.empty((0, self.dim), np.float32)
+                all_vectors = (
+                    self.embed_pixels(np.concatenate([p.pixels for p in prepared]))
+                    if prepared else np.empty((0, self.dim), np.float32)
                 )
+                starts = np.cumsum([0] + [len(p.pixels) for p in prepared])[:-1]
                 bar.update(len(positions) + len(failures))
-                yield EncodedBatch(positions, vectors, sizes, failures)
+                yield EncodedBatch(
+                    positions, all_vectors[starts], [p.size for p in prepared], failures,
+                    [p.boxes for p in prepared],
+                    [all_vectors[s + 1: s + len(p.pixels)]
+                     for s, p in zip(starts, prepared, strict=True)],
+                )
         bar.close()
 
     def encode(
