@@ -68,7 +68,9 @@ def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) ->
         "margin:0 8px 8px 0;text-align:center;font-size:12px}img{display:block;"
         "max-height:160px}.q{background:#eef;padding:6px}section{margin-bottom:1.5em}</style>",
         f"<h1>lookalike demo</h1><p>Encoder <code>{html.escape(model)}</code>, "
-        "exact cosine search over the bundled sample photos. The query's crop box is in red.</p>",
+        "exact cosine search over the bundled sample photos and a 2x2 + 3x3 grid of regions "
+        "of each. Red boxes: the query's crop, and the region of a result that matched "
+        "best.</p>",
     ]
     for query, picture, hits in rows:
         parts.append(f"<section><h2>{html.escape(query.title)}</h2>")
@@ -76,7 +78,8 @@ def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) ->
                      "query</figure>")
         for hit in hits:
             shown = decode(Path(hit.path)).image
-            parts.append(f"<figure><img src='{_thumb_uri(shown)}'>#{hit.rank} "
+            region = hit.box if hit.box != (0, 0, *shown.size) else None
+            parts.append(f"<figure><img src='{_thumb_uri(shown, region)}'>#{hit.rank} "
                          f"{html.escape(hit.id)}<br>{hit.score:.3f}</figure>")
         parts.append("</section>")
     return "\n".join(parts)
@@ -96,7 +99,7 @@ def run_demo(out: Path, k: int = 4) -> Path:
                   image=samples / "astronaut.jpg", crop=(120, 0, 400, 250)),
         DemoQuery("More like this: an indexed photo (itself left out)", like="camera.jpg"),
     ]
-    with Collection.open_or_create(out / "collection") as coll:
+    with Collection.open_or_create(out / "collection", regions="grid") as coll:
         report = coll.index_folder(samples, progress=True)
         print(f"indexed {len(coll)} sample photos ({report.summary()})")
         rows = []
