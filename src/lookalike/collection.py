@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lookalike.atomic import atomic_write
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
@@ -71,16 +71,8 @@ class IndexReport:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        json.dump(data, fh, indent=2)
 
 
 def _sha256(path: Path) -> str:

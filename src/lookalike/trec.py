@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lookalike.atomic import atomic_write
 from lookalike.errors import LookalikeError
 from lookalike.images import Box, validate_box
 
@@ -64,20 +63,12 @@ def read_queries(path: str | Path) -> list[Query]:
 def write_run(path: str | Path, results: Mapping[str, Sequence[Hit]], tag: str = "lookalike"
               ) -> None:
     """Write `QID Q0 DOCID RANK SCORE TAG` lines, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for qid, hits in results.items():
-                for hit in hits:
-                    if any(c.isspace() for c in hit.id):
-                        raise LookalikeError(f"{hit.id!r}: a TREC run cannot hold ids with spaces")
-                    fh.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(Path(path)) as fh:
+        for qid, hits in results.items():
+            for hit in hits:
+                if any(c.isspace() for c in hit.id):
+                    raise LookalikeError(f"{hit.id!r}: a TREC run cannot hold ids with spaces")
+                fh.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")
 
 
 def _fields(path: Path, expected: int, shape: str) -> list[tuple[str, list[str]]]:

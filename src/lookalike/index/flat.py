@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from lookalike.atomic import atomic_write
 from lookalike.index.base import IndexError_, check_ids, check_k, check_vectors
 
 
@@ -60,17 +59,8 @@ class FlatIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves the previous file intact."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, ids=self._ids, vectors=self._vectors)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, ids=self._ids, vectors=self._vectors)
 
     @classmethod
     def load(cls, path: Path) -> FlatIndex:
