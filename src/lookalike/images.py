@@ -6,13 +6,14 @@ applied), x1 and y1 exclusive.
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from lookalike.errors import ImageError
 
@@ -150,3 +151,16 @@ def parse_box(text: str) -> Box:
         raise ValueError(f"crop box must be four integers X0,Y0,X1,Y1, got {text!r}")
     x0, y0, x1, y1 = (int(p) for p in parts)
     return x0, y0, x1, y1
+
+
+def thumbnail_uri(image: Image.Image, box: Box | None = None, size: int = 160) -> str:
+    """A JPEG thumbnail as a data URI, with `box` outlined in red: for self-contained pages."""
+    image = image.copy()
+    if box is not None:
+        width = max(2, image.width // 100)
+        ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1),
+                                        outline=(255, 40, 40), width=width)
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
