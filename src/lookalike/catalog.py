@@ -99,6 +99,13 @@ class Catalog:
     def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def count_ok_images(self) -> int:
+        sql = "SELECT COUNT(*) FROM images WHERE status = 'ok'"
+        return int(self.db.execute(sql).fetchone()[0])
+
+    def count_vectors(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+
     def images(self) -> dict[str, ImageRecord]:
         rows = self.db.execute(
             "SELECT id, size, mtime_ns, sha256, width, height, status, error FROM images"

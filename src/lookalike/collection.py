@@ -187,12 +187,11 @@ class Collection:
         return Path(root) if root else None
 
     def __len__(self) -> int:
-        row = self.catalog.db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok'")
-        return int(row.fetchone()[0])
+        return self.catalog.count_ok_images()
 
     def vector_count(self) -> int:
         """Vectors held: one per image, plus one per region when regions are indexed."""
-        return int(self.catalog.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+        return self.catalog.count_vectors()
 
     def ids(self) -> list[str]:
         return [i for i, r in self.catalog.images().items() if r.status == "ok"]
