@@ -65,11 +65,12 @@ class Prepared:
 class Encoder:
     """A loaded backbone with its preprocessing and the runtime that executes it."""
 
-    def __init__(self, spec: EncoderSpec, module: torch.nn.Module, backend: Backend) -> None:
+    def __init__(self, spec: EncoderSpec, module: torch.nn.Module, backend: Backend,
+                 weights_sha256: str | None = None) -> None:
         self.spec = spec
         self.module = module
         self.backend = backend
-        self.fingerprint = fingerprint(module)
+        self.fingerprint = weights_sha256 or fingerprint(module)
 
     @property
     def name(self) -> str:
@@ -208,14 +209,12 @@ def create_encoder(
     ).eval()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = backend
-    if chosen == "auto":
-        chosen = "torch" if device != "cpu" else "onnx"
-    if chosen == "torch":
-        return Encoder(spec, module, TorchBackend(module, device))
-    if chosen != "onnx":
+    chosen = ("torch" if device != "cpu" else "onnx") if backend == "auto" else backend
+    if chosen not in ("onnx", "torch"):
         raise LookalikeError(f"backend must be auto, onnx or torch, got {backend!r}")
-    encoder = Encoder(spec, module, TorchBackend(module, "cpu"))
-    path = export_onnx(module, spec.preprocess.size, onnx_path(name, encoder.fingerprint))
-    encoder.backend = OnnxBackend(path)
-    return encoder
+    weights_sha = fingerprint(module)
+    runtime: Backend = (
+        TorchBackend(module, device) if chosen == "torch"
+        else OnnxBackend(export_onnx(module, pre.size, onnx_path(name, weights_sha)))
+    )
+    return Encoder(spec, module, runtime, weights_sha)
