@@ -53,3 +53,28 @@ def test_fashion_mnist(tmp_path: Path) -> None:
 def test_unknown_dataset(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="unknown dataset 'imagenet'"):
         build_dataset("imagenet", tmp_path)
+
+
+def test_ukbench_and_class_folder_judgements(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lookalike.datasets.loaders import class_folder_judgements, ukbench_judgements
+
+    flat = tmp_path / "ukbench"
+    flat.mkdir()
+    for i in range(8):
+        Image.new("RGB", (4, 4)).save(flat / f"ukbench{i:05d}.jpg")
+    out = ukbench_judgements(flat, tmp_path / "u")
+    qrels = read_qrels(out / "qrels.txt")
+    assert qrels["ukbench00005.jpg"] == {"ukbench00004.jpg": 1, "ukbench00006.jpg": 1,
+                                         "ukbench00007.jpg": 1}
+    assert read_queries(out / "queries.jsonl")[0].image == (flat / "ukbench00000.jpg").resolve()
+    with pytest.raises(LookalikeError, match="groups of 3"):
+        ukbench_judgements(flat, tmp_path / "x", group_size=3)
+
+    for label in ("cat", "dog"):
+        (tmp_path / "pets" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (4, 4)).save(tmp_path / "pets" / label / f"{i}.png")
+    out = class_folder_judgements(tmp_path / "pets", tmp_path / "p")
+    assert read_qrels(out / "qrels.txt")["cat_0.png"] == {"cat/1.png": 1}

@@ -243,6 +243,23 @@ def dataset(name: str, out: Path, db_size: int, queries: int, seed: int) -> None
 
 
 @cli.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(["classes", "ukbench"]), default="classes",
+              show_default=True, help="Class subfolders, or groups of consecutive images.")
+@click.option("--group-size", default=4, show_default=True, type=click.IntRange(min=2))
+def judgements(root: Path, out: Path, layout: str, group_size: int) -> None:
+    """Write queries.jsonl and qrels.txt under OUT for the images under ROOT."""
+    from lookalike.datasets.loaders import class_folder_judgements, ukbench_judgements
+
+    if not root.is_dir():
+        raise LookalikeError(f"{root}: not a directory")
+    written = (class_folder_judgements(root, out) if layout == "classes"
+               else ukbench_judgements(root, out, group_size))
+    click.echo(f"{written / 'queries.jsonl'}, {written / 'qrels.txt'}")
+
+
+@cli.command()
 def models() -> None:
     """List the encoders (any timm model also works as timm:NAME)."""
     from lookalike.encoders import get_spec, list_encoders
