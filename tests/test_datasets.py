@@ -78,3 +78,30 @@ def test_ukbench_and_class_folder_judgements(tmp_path: Path) -> None:
             Image.new("RGB", (4, 4)).save(tmp_path / "pets" / label / f"{i}.png")
     out = class_folder_judgements(tmp_path / "pets", tmp_path / "p")
     assert read_qrels(out / "qrels.txt")["cat_0.png"] == {"cat/1.png": 1}
+
+
+def test_emoji_grades_and_missing_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.datasets.builders import emoji_grade
+
+    face = "smileys_emotion/face_smiling/1f600/1f600"
+    assert emoji_grade(face, face) == 5
+    wave = "people_body/hand_fingers_open/1f44b/1f44b"
+    assert emoji_grade(wave, "people_body/hand_fingers_open/1f44b/1f44b-1f3fb") == 4
+    assert emoji_grade(face, "smileys_emotion/face_smiling/1f601/1f601") == 3
+    assert emoji_grade(face, "smileys_emotion/face_hand/1f917/1f917") == 1
+    assert emoji_grade(face, wave) == 0
+    monkeypatch.setenv("LOOKALIKE_EMOJI_DIR", str(tmp_path / "none"))
+    with pytest.raises(LookalikeError, match="npm install --prefix"):
+        build_dataset("emoji", tmp_path / "e")
+
+
+def test_emoji_set_when_installed(tmp_path: Path) -> None:
+    from lookalike.datasets.builders import emoji_dir
+
+    if not (emoji_dir() / "node_modules" / "emoji-datasource").is_dir():
+        pytest.skip("npm install --prefix ~/.cache/lookalike/emoji emoji-datasource ...")
+    out = build_dataset("emoji", tmp_path / "e", db_size=60, queries=10)
+    splits = json.loads((out / "splits.json").read_text())
+    assert not set(splits["test"]) & set(splits["train"])
+    qrels = read_qrels(out / "qrels.txt")
+    assert sum(1 for docs in qrels.values() for g in docs.values() if g == 5) == 10

@@ -1,5 +1,9 @@
 """Builders for the offline evaluation sets; each says how to get its source when missing.
 
+- `emoji`: the same emoji drawn by Google (queries, Apache-2.0) and Twitter (database,
+  CC-BY-4.0), from the npm packages emoji-datasource-google / -twitter (metadata:
+  emoji-datasource, MIT). Grades: 5 same emoji, 4 skin-tone variant, 3 same subcategory,
+  1 same category.
 - `digits`: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32x32). Grade 1 for the
   same digit. Database and queries are disjoint images.
 - `fashion-mnist`: Zalando's product photos (28x28, MIT) from Debian's
@@ -12,6 +16,9 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from PIL import Image
 
 from lookalike.datasets.layout import stratified_pick, write_set
 from lookalike.errors import LookalikeError
+from lookalike.images import to_rgb
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -81,7 +89,71 @@ def build_digits(out: Path, *, db_size: int = 1500, queries: int = 200, seed: in
                      lambda q, d: int(q == d))
 
 
+EMOJI_PACKAGES = "emoji-datasource@16 emoji-datasource-google@16 emoji-datasource-twitter@16"
+
+
+def emoji_dir() -> Path:
+    """Where the emoji npm packages are looked for: `$LOOKALIKE_EMOJI_DIR`, else
+    `~/.cache/lookalike/emoji` (an npm prefix holding node_modules/)."""
+    env = os.environ.get("LOOKALIKE_EMOJI_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "lookalike" / "emoji"
+
+
+def emoji_grade(query: str, doc: str) -> int:
+    """Labels are `category/subcategory/base/unified`: 5 the same emoji, 4 another skin tone
+    of it, 3 the same subcategory, 1 the same category."""
+    q, d = query.split("/"), doc.split("/")
+    for depth, grade in ((4, 5), (3, 4), (2, 3), (1, 1)):
+        if q[:depth] == d[:depth]:
+            return grade
+    return 0
+
+
+def build_emoji(out: Path, *, db_size: int = 2000, queries: int = 200, seed: int = 0) -> Path:
+    """Google's drawing of an emoji queries Twitter's drawings (instance-level matches across
+    vendors). Queries come from the `test` emoji of a seeded 80/20 split by base emoji
+    (`splits.json`), so training on `train` never sees them."""
+    root = emoji_dir() / "node_modules"
+    if not (root / "emoji-datasource" / "emoji.json").is_file():
+        raise LookalikeError(f"{root}: emoji images not found; install them with: npm install "
+                             f"--prefix {emoji_dir()} {EMOJI_PACKAGES}")
+    entries: list[tuple[str, str]] = []  # (label, image file name)
+    for emoji in json.loads((root / "emoji-datasource" / "emoji.json").read_text()):
+        if not (emoji.get("has_img_google") and emoji.get("has_img_twitter")):
+            continue
+        base = emoji["unified"].lower()
+        prefix = "/".join(_slug(emoji[k]) for k in ("category", "subcategory"))
+        entries.append((f"{prefix}/{base}/{base}", emoji["image"]))
+        for variant in (emoji.get("skin_variations") or {}).values():
+            if variant.get("has_img_google") and variant.get("has_img_twitter"):
+                entries.append((f"{prefix}/{base}/{variant['unified'].lower()}",
+                                variant["image"]))
+    rng = np.random.default_rng(seed)
+    bases = sorted({label.rsplit("/", 1)[0] for label, _ in entries})
+    test = set(rng.permutation(bases)[: len(bases) // 5].tolist())
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "splits.json").write_text(json.dumps(
+        {"test": sorted(test), "train": sorted(set(bases) - test)}, indent=1))
+    candidates = [e for e in entries if e[0].rsplit("/", 1)[0] in test]
+    picked = [candidates[i] for i in rng.permutation(len(candidates))[:queries]]
+    rest = [e for e in entries if e not in picked]
+    database = picked + [rest[i] for i in rng.permutation(len(rest))[: max(0, db_size -
+                                                                          len(picked))]]
+
+    def pixels(vendor: str, name: str) -> np.ndarray:
+        folder = root / f"emoji-datasource-{vendor}" / "img" / vendor / "64"
+        return np.asarray(to_rgb(Image.open(folder / name)))
+
+    return write_set(out, [(label, pixels("twitter", name)) for label, name in database],
+                     [(label, pixels("google", name)) for label, name in picked], emoji_grade)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 BUILDERS: dict[str, Callable[..., Path]] = {
     "digits": build_digits,
+    "emoji": build_emoji,
     "fashion-mnist": build_fashion_mnist,
 }
