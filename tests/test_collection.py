@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -154,3 +155,24 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
     assert coll.vector_count() == 3 * 14
     with pytest.raises(LookalikeError, match="unknown regions spec"):
         Collection.create(tmp_path / "bad", encoder=encoder, regions="grid:9")
+
+
+def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                        encoder) -> None:
+    coll = _index(tmp_path / "coll", photo_dir, encoder)
+    expected = [h.id for h in coll.search(like="coffee.jpg", k=5)]
+    coll.close()
+    (tmp_path / "coll" / "index.npz").write_bytes(b"garbage")  # derived: rebuilt
+    with Collection.open(tmp_path / "coll") as reopened:
+        assert [h.id for h in reopened.search(like="coffee.jpg", k=5)] == expected
+    (tmp_path / "coll" / "manifest.json").write_text("{not json")
+    with pytest.raises(LookalikeError, match=r"manifest\.json: malformed"):
+        Collection.open(tmp_path / "coll")
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "coll", bad)
+    (bad / "manifest.json").write_text(json.dumps({"encoder": {"name": "x", "dim": 1}}))
+    for name in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (bad / name).unlink(missing_ok=True)
+    (bad / "catalog.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(LookalikeError, match="not a usable catalog"):
+        Collection.open(bad)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.errors import LookalikeError
 from lookalike.images import Box
 
 _SCHEMA = """
@@ -63,11 +64,15 @@ class VectorRow:
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(_SCHEMA)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise LookalikeError(f"{path}: not a usable catalog ({exc})") from None
 
     def close(self) -> None:
         self.db.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +288,7 @@ class Collection:
         try:
             if json.loads(stamp.read_text())["generation"] == generation:
                 index = FlatIndex.load(self.path / "index.npz")
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # stale or damaged
             index = None
         if index is None:
             index = self._build_index()
