@@ -74,6 +74,8 @@ def decode(
     needs (DCT scaling, several times faster on large photos). Raises `ImageError`.
     """
     name = describe(source)
+    img: Image.Image | None = None
+    rgb: Image.Image | None = None
     try:
         if isinstance(source, Image.Image):
             img = source
@@ -89,20 +91,22 @@ def decode(
             )
         if width == 0 or height == 0:
             raise ImageError(name, "image has no pixels")
-        if isinstance(img, Image.Image) and img.format == "JPEG" and draft_size:
+        if img.format == "JPEG" and draft_size:
             img.draft("RGB", (draft_size, draft_size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's EXIF and palette warnings are not errors
             img.load()
-            oriented = ImageOps.exif_transpose(img) or img
-            rgb = to_rgb(oriented)
+            orientation = img.getexif().get(0x0112, 1)
+            rgb = to_rgb(ImageOps.exif_transpose(img) or img)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image file, or a format Pillow cannot read") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(name, f"cannot decode: {exc}") from None
-    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    finally:
+        if img is not None and img is not source and img is not rgb:
+            img.close()  # multi-frame files keep their handle open until closed
     full = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     return DecodedImage(rgb, full, name)
 
