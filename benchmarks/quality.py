@@ -29,10 +29,12 @@ def main() -> None:
         "resnet50_ssl"])
     parser.add_argument("--db-size", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threshold", type=int, default=1,
+                        help="lowest grade a binary metric counts as relevant")
     args = parser.parse_args()
 
     print(f"database {args.db_size} images, {args.queries} queries a set; binary metrics "
-          "count grade >= 1\n")
+          f"count grade >= {args.threshold}\n")
     print("| set | encoder | " + " | ".join(METRICS) + " | index s |")
     print("|---|---|" + "---:|" * (len(METRICS) + 1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +48,8 @@ def main() -> None:
                 start = time.perf_counter()
                 coll.index_folder(data / "database")
                 seconds = time.perf_counter() - start
-                result = evaluate_collection(coll, queries, qrels, metrics=METRICS)
+                result = evaluate_collection(coll, queries, qrels, metrics=METRICS,
+                                             threshold=args.threshold)
                 values = " | ".join(f"{result.mean[m]:.3f}" for m in METRICS)
                 print(f"| {name} | {enc_name} | {values} | {seconds:.0f} |", flush=True)
                 coll.close()
