@@ -214,8 +214,9 @@ class Collection:
         on_disk = scan_images(root)
         known = self.catalog.images()
         report = IndexReport()
-        with self.catalog.transaction() as db:
-            self.catalog.set_meta(db, "root", str(root.resolve()))
+        if self.root != root.resolve():
+            with self.catalog.transaction() as db:
+                self.catalog.set_meta(db, "root", str(root.resolve()))
 
         todo: list[tuple[str, Path, os.stat_result, str]] = []
         for image_id, path in on_disk.items():
@@ -282,14 +283,12 @@ class Collection:
     def _load_index(self) -> VectorIndex:
         if self._index is not None:
             return self._index
-        generation = self.catalog.generation
-        stamp = self.path / "index.json"
         index: VectorIndex | None = None
-        try:
-            if json.loads(stamp.read_text())["generation"] == generation:
+        if self._index_generation() == self.catalog.generation:
+            try:
                 index = FlatIndex.load(self.path / "index.npz")
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # stale or damaged
-            index = None
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: rebuild
+                (self.path / "index.json").unlink(missing_ok=True)  # so it is saved anew
         if index is None:
             index = self._build_index()
         vids, image_ids, boxes = self.catalog.vector_map()
@@ -305,9 +304,19 @@ class Collection:
             index.add(vids, vectors)
         return index
 
+    def _index_generation(self) -> int | None:
+        """The catalog generation the saved index reflects, if there is a readable one."""
+        try:
+            return int(json.loads((self.path / "index.json").read_text())["generation"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def save_index(self) -> None:
-        """Persist the index for the current catalog generation (atomic)."""
+        """Persist the index for the current catalog generation (atomic); a no-op when the
+        saved one is current."""
         generation = self.catalog.generation
+        if self._index_generation() == generation and (self.path / "index.npz").is_file():
+            return
         index = self._build_index()
         index.save(self.path / "index.npz")
         _write_json_atomic(self.path / "index.json",
