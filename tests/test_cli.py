@@ -130,3 +130,20 @@ def test_metrics_bad_files(tmp_path: Path, run_text: str, qrels_text: str, extra
     (tmp_path / "qrels.txt").write_text(qrels_text)
     result = run("metrics", tmp_path / "run.txt", tmp_path / "qrels.txt", *extra)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_reindex_switches_the_index_and_search_takes_its_options(
+        indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    _root, coll = indexed
+    copy = tmp_path / "coll"
+    subprocess.run(["cp", "-r", str(coll), str(copy)], check=True)
+    before = run("search", "-c", copy, "--like", "rocket.jpg", "-k", "4").stdout
+    switched = run("index", "-c", copy, "--reindex", "hnsw16")
+    assert switched.returncode == 0, switched.stderr
+    assert "10 images, 10 vectors (1.0 an image) in index hnsw16" in switched.stdout
+    after = run("search", "-c", copy, "--like", "rocket.jpg", "-k", "4", "--ef", "32")
+    assert after.returncode == 0 and after.stdout == before
+    wrong = run("search", "-c", copy, "--like", "rocket.jpg", "--nprobe", "4")
+    assert wrong.returncode == 2 and "hnsw takes ef" in wrong.stderr
+    bad = run("index", "-c", copy, "--reindex", "hnsw")
+    assert bad.returncode == 2 and "unknown index spec 'hnsw'" in bad.stderr

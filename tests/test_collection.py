@@ -162,7 +162,7 @@ def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_di
     coll = _index(tmp_path / "coll", photo_dir, encoder)
     expected = [h.id for h in coll.search(like="coffee.jpg", k=5)]
     coll.close()
-    (tmp_path / "coll" / "index.npz").write_bytes(b"garbage")  # derived: rebuilt
+    (tmp_path / "coll" / "index" / "vectors.npy").write_bytes(b"garbage")  # derived: rebuilt
     with Collection.open(tmp_path / "coll") as reopened:
         assert [h.id for h in reopened.search(like="coffee.jpg", k=5)] == expected
     (tmp_path / "coll" / "manifest.json").write_text("{not json")
@@ -176,3 +176,30 @@ def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_di
     (bad / "catalog.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(LookalikeError, match="not a usable catalog"):
         Collection.open(bad)
+
+
+def test_ann_index_follows_updates_and_can_be_switched(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                       encoder) -> None:
+    coll = Collection.create(tmp_path / "coll", encoder=encoder, index="HNSW8:ef=16")
+    coll._encoder = encoder
+    coll.index_folder(photo_dir)
+    assert coll.manifest["index"] == "hnsw8:ef=16"
+    expected = [h.id for h in coll.search(like="coffee.jpg", k=4)]
+    graph = coll._load_index()
+    (photo_dir / "astronaut.jpg").rename(photo_dir / "new.jpg")
+    coll.index_folder(photo_dir)  # renamed: the index is brought up to date, not rebuilt
+    index = coll._load_index()
+    info = index.describe()
+    assert (info["rows"], info["vectors"]) == (graph.describe()["rows"] + 1, 6)  # a tombstone
+    assert "astronaut.jpg" not in [h.id for h in coll.search(like="new.jpg", k=5)]
+    assert [h.id for h in coll.search(like="coffee.jpg", k=4, options={"ef": 64})] == [
+        i if i != "astronaut.jpg" else "new.jpg" for i in expected]
+    with pytest.raises(LookalikeError, match=r"unknown search option.*nprobe"):
+        coll.search(like="coffee.jpg", options={"nprobe": 2})
+    coll.reindex("ivf4")  # from the stored vectors: the encoder is not needed
+    coll.close()
+    with Collection.open(tmp_path / "coll") as reopened:
+        assert reopened.manifest["index"] == "ivf4"
+        assert reopened.index_info()["spec"] == "ivf4"
+        assert [h.id for h in reopened.search(like="coffee.jpg", k=4)] == [
+            i if i != "astronaut.jpg" else "new.jpg" for i in expected]

@@ -50,32 +50,46 @@ def demo(out: Path) -> None:
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
 @collection_option
 @click.option("--model", default=None, help="Encoder name (see `lookalike models`); "
               "defaults to the collection's, or efficientnet_lite0 for a new one.")
 @click.option("--index", "index_spec", default="flat", show_default=True,
-              help="Index spec for a new collection.")
+              help="Index spec for a new collection: flat, hnsw32, ivf1024, ivf1024,pq32, "
+              "annoy, lsh, kdtree, scann or auto (see docs/indexes.md).")
+@click.option("--reindex", "reindex_spec", default=None,
+              help="Switch the collection to this index spec, from its stored vectors "
+              "(no re-embedding); FOLDER may then be left out.")
 @click.option("--regions", default="none", show_default=True,
               help="For a new collection: also index regions of each image (none, grid, "
               "grid:N) so crop queries find the images that contain them.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def index(folder: Path, collection: Path, model: str | None, index_spec: str, regions: str,
-          batch_size: int, progress: bool) -> None:
+def index(folder: Path | None, collection: Path, model: str | None, index_spec: str,
+          reindex_spec: str | None, regions: str, batch_size: int, progress: bool) -> None:
     """Create or update COLLECTION from the images under FOLDER (recursively)."""
     from lookalike.collection import Collection
 
-    if not folder.is_dir():
+    if folder is None and reindex_spec is None:
+        raise click.UsageError("give a FOLDER to index (or --reindex SPEC)")
+    if folder is not None and not folder.is_dir():
         raise LookalikeError(f"{folder}: not a directory")
-    with Collection.open_or_create(collection, encoder=model, index=index_spec,
-                                   regions=regions) as coll:
-        report = coll.index_folder(folder, batch_size=batch_size, progress=progress)
-        for image_id, reason in report.failed.items():
-            click.echo(f"skipped {image_id}: {reason}", err=True)
-        images, vectors = len(coll), coll.vector_count()
-        click.echo(f"{collection}: {report.summary()}; {images} images indexed, "
-                   f"{vectors} vectors ({vectors * coll.dim * 4 / 2**20:.1f} MiB float32)")
+    coll = Collection.open(collection, encoder=model) if folder is None else \
+        Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions)
+    with coll:
+        if folder is not None:
+            report = coll.index_folder(folder, batch_size=batch_size, progress=progress)
+            for image_id, reason in report.failed.items():
+                click.echo(f"skipped {image_id}: {reason}", err=True)
+            click.echo(f"{collection}: {report.summary()}")
+        if reindex_spec is not None:
+            coll.reindex(reindex_spec)
+        info = coll.index_info()
+        click.echo(f"{collection}: {info['images']} images, {info['vectors']} vectors "
+                   f"({info['vectors_per_image']} an image) in index {info['spec']}"
+                   + (f" (chose {info['chosen']})" if "chosen" in info else "")
+                   + f"; vectors {info['vector_bytes'] / 2**20:.1f} MiB, "
+                   f"index structure {info['structure_bytes'] / 2**20:.1f} MiB")
 
 
 @cli.command()
@@ -91,8 +105,15 @@ def index(folder: Path, collection: Path, model: str | None, index_spec: str, re
 @click.option("--queries", type=click.Path(path_type=Path), help="Batch mode: a queries.jsonl.")
 @click.option("--run", "run_path", type=click.Path(path_type=Path),
               help="Batch mode: the TREC run file to write.")
+@click.option("--nprobe", type=click.IntRange(min=1), help="IVF cells scanned (ivf, pq).")
+@click.option("--ef", type=click.IntRange(min=1), help="HNSW search beam.")
+@click.option("--search-k", type=int, help="Annoy nodes visited (-1: trees x k).")
+@click.option("--rerank", type=click.IntRange(min=1),
+              help="Shortlist re-scored exactly (pq, lsh, scann).")
 def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
-           metric: str, as_json: bool, queries: Path | None, run_path: Path | None) -> None:
+           metric: str, as_json: bool, queries: Path | None, run_path: Path | None,
+           nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None
+           ) -> None:
     """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
     from lookalike.collection import Collection
     from lookalike.trec import read_queries, write_run
@@ -103,15 +124,19 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
         raise click.UsageError("give an IMAGE or --like ID (or --queries and --run)")
     if crop is not None and image is None:
         raise click.UsageError("--crop needs an IMAGE")
+    given = {"nprobe": nprobe, "ef": ef, "search_k": search_k, "rerank": rerank}
+    options = {name: value for name, value in given.items() if value is not None}
     with Collection.open(collection) as coll:
         if queries is not None and run_path is not None:
             parsed = read_queries(queries)
             items = [(q.image, q.crop) if q.crop else q.image for q in parsed]
-            results = coll.search_many(items, k=k, metric=metric)  # type: ignore[arg-type]
+            results = coll.search_many(items, k=k, metric=metric,  # type: ignore[arg-type]
+                                       options=options)
             write_run(run_path, {q.id: hits for q, hits in zip(parsed, results, strict=True)})
             click.echo(f"{run_path}: {len(parsed)} queries, top {k} each")
             return
-        hits = coll.search(image, crop=crop, like=like, k=k, metric=metric)  # type: ignore[arg-type]
+        hits = coll.search(image, crop=crop, like=like, k=k,
+                           metric=metric, options=options)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return

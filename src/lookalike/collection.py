@@ -5,8 +5,9 @@ Layout of a collection folder:
     manifest.json    encoder (name, weights sha256, dim, preprocessing), index spec, version
     catalog.sqlite   images (id, size, mtime, sha256, width, height, status, error) and
                      vectors (one or more per image: the whole image, later its regions)
-    index.npz        the search index, derived from the catalog
-    index.json       the catalog generation the index reflects; a mismatch means rebuild
+    index/           the search index (see `lookalike.index`), derived from the catalog
+    index.json       the catalog generation the index reflects; on a mismatch the index is
+                     brought up to date by adding and removing the vectors that changed
 
 The catalog commits one batch at a time, so killing the process and re-running resumes
 where it stopped; manifest and index are replaced atomically.
@@ -17,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,8 @@ from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource
-from lookalike.index import FlatIndex, VectorIndex, create_index
+from lookalike.index import IndexError_, VectorIndex, create_index, load_index
+from lookalike.index.spec import Number
 from lookalike.regions import parse_regions
 
 FORMAT_VERSION = 1
@@ -118,9 +119,9 @@ class Collection:
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
-        create_index(index, 1)  # validate the specs before anything is written
         parse_regions(regions)
         enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
+        index = create_index(index, enc.dim).spec  # validated and normalised first
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
                     "index": index, "regions": regions}
@@ -281,17 +282,22 @@ class Collection:
     # -- the index ------------------------------------------------------------------------
 
     def _load_index(self) -> VectorIndex:
+        """The saved index, brought up to date with the catalog; built when missing,
+        damaged or of another spec than the manifest's."""
         if self._index is not None:
             return self._index
         index: VectorIndex | None = None
-        if self._index_generation() == self.catalog.generation:
-            try:
-                index = FlatIndex.load(self.path / "index.npz")
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: rebuild
-                (self.path / "index.json").unlink(missing_ok=True)  # so it is saved anew
+        try:
+            index = load_index(self.path / "index")
+            if index.spec != self.manifest["index"]:
+                index = None
+        except IndexError_:
+            (self.path / "index.json").unlink(missing_ok=True)  # so it is saved anew
+        vids, image_ids, boxes = self.catalog.vector_map()
         if index is None:
             index = self._build_index()
-        vids, image_ids, boxes = self.catalog.vector_map()
+        elif self._index_generation() != self.catalog.generation:
+            self._sync(index, vids)
         self._vector_images = {int(v): (i, tuple(b)) for v, i, b in
                                zip(vids, image_ids, boxes.tolist(), strict=True)}
         self._index = index
@@ -304,6 +310,17 @@ class Collection:
             index.add(vids, vectors)
         return index
 
+    def _sync(self, index: VectorIndex, vids: np.ndarray) -> None:
+        """Add and remove only what changed since the index was saved: an HNSW graph or
+        IVF lists over millions of vectors are not rebuilt for a few new images."""
+        held = index.ids
+        index.remove(held[~np.isin(held, vids)])
+        new = ~np.isin(vids, held)
+        if new.any():
+            all_vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
+            pick = np.isin(all_vids, vids[new])
+            index.add(all_vids[pick], vectors[pick])
+
     def _index_generation(self) -> int | None:
         """The catalog generation the saved index reflects, if there is a readable one."""
         try:
@@ -315,12 +332,28 @@ class Collection:
         """Persist the index for the current catalog generation (atomic); a no-op when the
         saved one is current."""
         generation = self.catalog.generation
-        if self._index_generation() == generation and (self.path / "index.npz").is_file():
+        if self._index_generation() == generation and (self.path / "index").is_dir():
             return
-        index = self._build_index()
-        index.save(self.path / "index.npz")
+        index = self._load_index()
+        index.save(self.path / "index")
         _write_json_atomic(self.path / "index.json",
                            {"generation": generation, "spec": index.spec})
+        (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
+
+    def reindex(self, spec: str) -> None:
+        """Switch to another index spec, built from the stored vectors (no re-embedding)."""
+        spec = create_index(spec, self.dim).spec  # validated and normalised first
+        self.manifest = {**self.manifest, "index": spec}
+        _write_json_atomic(self.path / "manifest.json", self.manifest)
+        (self.path / "index.json").unlink(missing_ok=True)
+        self._index = None
+        self.save_index()
+
+    def index_info(self) -> dict[str, Any]:
+        """The index's size and memory, and vectors an image, for reports."""
+        info = self._load_index().describe()
+        return {**info, "images": len(self),
+                "vectors_per_image": round(info["vectors"] / max(1, len(self)), 2)}
 
     # -- search ---------------------------------------------------------------------------
 
@@ -340,23 +373,29 @@ class Collection:
         return self.encoder.encode([item])[0]
 
     def search(self, image: ImageSource | None = None, *, crop: Box | None = None,
-               like: str | None = None, k: int = 10, metric: Metric = "cosine") -> list[Hit]:
+               like: str | None = None, k: int = 10, metric: Metric = "cosine",
+               options: Mapping[str, Number] | None = None) -> list[Hit]:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
         indexed id (`like`, which is left out of its own results)."""
         query = self.query_vector(image, crop=crop, like=like)
         exclude = {like} if like else set()
-        return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude])[0]
+        return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude],
+                                   options=options)[0]
 
     def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
-                    metric: Metric = "cosine", progress: bool = False) -> list[list[Hit]]:
+                    metric: Metric = "cosine", progress: bool = False,
+                    options: Mapping[str, Number] | None = None) -> list[list[Hit]]:
         """Batch search: images or `(image, box)` crops, embedded in batches."""
         vectors = self.encoder.encode(list(items), progress=progress)
-        return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric)
+        return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric,
+                                   options=options)
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
-                       exclude: Sequence[set[str]] | None = None) -> list[list[Hit]]:
+                       exclude: Sequence[set[str]] | None = None,
+                       options: Mapping[str, Number] | None = None) -> list[list[Hit]]:
         """Search with ready-made query vectors; results are one row per image, each scored
-        by its best-matching vector, whose box it carries."""
+        by its best-matching vector, whose box it carries. `options` are the index's
+        search options (`nprobe`, `ef`, `search_k`, `rerank`...)."""
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if k <= 0:
@@ -366,7 +405,10 @@ class Collection:
             return [[] for _ in range(len(queries))]
         per_image = max(1, -(-len(index) // max(1, len(self))))  # vectors an image, rounded up
         fetch = min(len(index), (k + 1) * per_image)
-        scores, vids = index.search(queries, fetch)
+        try:
+            scores, vids = index.search(queries, fetch, **(options or {}))
+        except IndexError_ as exc:
+            raise LookalikeError(f"{self.path}: {exc}") from None
         root = self.root or self.path
         results = []
         for row, (row_scores, row_vids) in enumerate(zip(scores, vids, strict=True)):

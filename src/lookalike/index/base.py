@@ -1,13 +1,15 @@
 """The one interface every index family implements, and the checks they share.
 
 Result convention (as faiss): `(scores, ids)`, each `(n_queries, k)`, best first, higher
-score = more similar, rows padded with `-inf` / `-1` when fewer than `k` vectors exist.
+score = more similar whatever the metric, rows padded with `-inf` / `-1` when an approximate
+structure finds fewer than `k` live vectors. Metrics: `cosine` (vectors normalised on the way
+in, score = cosine), `ip` (raw inner product), `l2` (score = minus the Euclidean distance).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -18,15 +20,36 @@ class IndexError_(LookalikeError):
     """Bad vectors, ids or search arguments for an index."""
 
 
+IndexMetric = Literal["cosine", "ip", "l2"]
+INDEX_METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
+
+
 class VectorIndex(Protocol):
     dim: int
-    spec: str
+    metric: IndexMetric
 
+    @property
+    def spec(self) -> str: ...
+    @property
+    def ids(self) -> np.ndarray: ...
     def __len__(self) -> int: ...
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, ids: np.ndarray) -> None: ...
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(self, queries: np.ndarray, k: int, **params: Any
+               ) -> tuple[np.ndarray, np.ndarray]: ...
     def save(self, path: Path) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+def check_metric(metric: str) -> IndexMetric:
+    if metric not in INDEX_METRICS:
+        raise IndexError_(f"metric must be one of {', '.join(INDEX_METRICS)}, got {metric!r}")
+    return metric  # type: ignore[return-value]
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
 
 
 def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:

@@ -1,0 +1,292 @@
+"""What every index family shares: stored vectors, tombstones, exact re-scoring, rebuilds.
+
+Each index keeps its vectors as rows beside its search structure. The structure only
+proposes candidate rows; the stored vectors score them exactly, so every family's scores are
+exact search's scores for the same pairs, and a product-quantised shortlist is re-ranked for
+free. The family-specific part is four hooks: `_build`, `_extend`, `_candidates` and the
+structure's file.
+
+Updates, the same for every family:
+- `remove` marks rows dead (a tombstone); search filters them out, fetching more candidates
+  when too many of the proposed ones are dead. When dead rows pass 25 % of all rows the
+  index compacts and rebuilds its structure.
+- `add` appends rows. Families whose structure grows in place (faiss IVF, HNSW, LSH) extend
+  it; the others (Annoy, KD-tree, ScaNN) search the new rows exactly until they pass 25 % of
+  the built rows, then rebuild. A family may also ask for a rebuild (IVF retrains its
+  k-means once the collection has outgrown its training sample four times).
+- Below `_min_rows()` live rows no structure is built at all: exact search is faster there.
+
+On disk an index is a folder: `meta.json`, `ids.npy`, `alive.npy`, `vectors.npy` (opened
+memory-mapped, so re-ranking reads it from disk) and the structure's own file. A new folder
+replaces the old one by rename, so a crash leaves the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lookalike.index.base import (
+    IndexError_,
+    IndexMetric,
+    check_ids,
+    check_k,
+    check_metric,
+    check_vectors,
+    normalise,
+)
+from lookalike.index.spec import IndexSpec, Number
+
+REBUILD_FRACTION = 0.25
+FORMAT_VERSION = 1
+_QUERY_CHUNK_ELEMENTS = 1 << 24  # query rows x stored rows scored at once (64 MB)
+
+
+class StoredIndex:
+    """Base of every family; `FlatIndex` is this class with no structure at all."""
+
+    family: ClassVar[str] = ""
+    build_options: ClassVar[dict[str, Number]] = {}
+    search_options: ClassVar[dict[str, Number]] = {}
+    extendable: ClassVar[bool] = True  # the structure can take rows after it is built
+    metrics: ClassVar[tuple[str, ...]] = ("cosine", "ip", "l2")
+
+    def __init__(self, dim: int, metric: IndexMetric = "cosine",
+                 spec: IndexSpec | None = None) -> None:
+        self.dim = int(dim)
+        self.metric = check_metric(metric)
+        self._spec = spec or IndexSpec(self.family)
+        if self.metric not in self.metrics:
+            raise IndexError_(f"{self._spec}: metric {metric!r} is not supported "
+                              f"(use {' or '.join(self.metrics)})")
+        known = {**self.build_options, **self.search_options}
+        unknown = set(self._spec.options) - set(known)
+        if unknown:
+            raise IndexError_(f"{self._spec}: unknown option(s) {', '.join(sorted(unknown))}; "
+                              f"{self.family} takes {', '.join(known) or 'none'}")
+        self.settings: dict[str, Number] = {**known, **self._spec.params()}
+        self._ids = np.empty(0, np.int64)
+        self._vectors: np.ndarray = np.empty((0, dim), np.float32)
+        self._alive = np.empty(0, bool)
+        self._built = 0  # rows [0, _built) are in the structure
+
+    # -- hooks for the families -----------------------------------------------------------
+
+    def _min_rows(self) -> int:
+        """Live rows below which no structure is built (exact search is faster)."""
+        return 1 << 62  # flat: never
+
+    def _build(self, vectors: np.ndarray) -> None:
+        """Build the structure over `vectors` (all rows, in order)."""
+
+    def _extend(self, vectors: np.ndarray) -> None:
+        """Append rows `_built ..` to the structure (only when `extendable`)."""
+
+    def _wants_rebuild(self) -> bool:
+        return False
+
+    def _candidates(self, queries: np.ndarray, fetch: int, params: dict[str, Number]
+                    ) -> np.ndarray:
+        """Up to `fetch` candidate rows for each query, `-1` padded."""
+        raise NotImplementedError
+
+    def _shortlist(self, k: int, params: dict[str, Number]) -> int:
+        """Candidates to ask the structure for, before re-scoring (k unless it re-ranks)."""
+        return max(k, int(params.get("rerank", k)))
+
+    def _save_structure(self, folder: Path) -> None: ...
+
+    def _load_structure(self, folder: Path) -> bool:
+        """Read the structure back; False means 'not there, rebuild it'."""
+        return False
+
+    def _structure_bytes(self) -> int:
+        return 0
+
+    # -- the interface --------------------------------------------------------------------
+
+    @property
+    def spec(self) -> str:
+        return str(self._spec)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[self._alive]
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    def describe(self) -> dict[str, Any]:
+        """Size and memory, for reports: the structure stays in RAM, the stored vectors
+        are memory-mapped once the index is loaded from disk."""
+        return {"spec": self.spec, "metric": self.metric, "vectors": len(self),
+                "rows": int(self._ids.shape[0]), "in_structure": self._built,
+                "structure_bytes": self._structure_bytes(),
+                "vector_bytes": int(self._vectors.nbytes)}
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        ids = check_ids(ids, vectors.shape[0])
+        if np.isin(ids, self.ids).any():
+            raise IndexError_("some ids are already in the index; remove them first")
+        if self.metric == "cosine":
+            vectors = normalise(vectors)
+        self._ids = np.concatenate([self._ids, ids])
+        self._vectors = np.concatenate([self._vectors, vectors])
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), bool)])
+        self._maintain()
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop `ids` (unknown ones are ignored); they never come back from search."""
+        self._alive &= ~np.isin(self._ids, np.asarray(ids, np.int64).reshape(-1))
+        self._maintain()
+
+    def search(self, queries: np.ndarray, k: int, **params: Any
+               ) -> tuple[np.ndarray, np.ndarray]:
+        queries = check_vectors(queries, self.dim, "queries")
+        k = check_k(k)
+        if len(self) == 0:
+            raise IndexError_("the index is empty")
+        if k > len(self):
+            raise IndexError_(f"k={k} is more than the {len(self)} vectors in the index")
+        unknown = set(params) - set(self.search_options)
+        if unknown:
+            raise IndexError_(f"{self.spec}: unknown search option(s) "
+                              f"{', '.join(sorted(unknown))}; {self.family} takes "
+                              f"{', '.join(self.search_options) or 'none'}")
+        settings = {**self.settings, **{n: v for n, v in params.items() if v is not None}}
+        if self.metric == "cosine":
+            queries = normalise(queries)
+        chunk = max(1, min(1024, _QUERY_CHUNK_ELEMENTS // max(1, self._vectors.shape[0]
+                                                              - self._built)))
+        parts = [self._search_chunk(queries[i:i + chunk], k, settings)
+                 for i in range(0, queries.shape[0], chunk)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _search_chunk(self, queries: np.ndarray, k: int, settings: dict[str, Number]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        rows, scores = self._exact_pending(queries, k)
+        if self._built:
+            live_built = int(self._alive[:self._built].sum())
+            fetch = min(self._built, self._shortlist(k, settings))
+            fetch = min(self._built, int(fetch * self._built / max(1, live_built)) + 1)
+            while True:
+                found = self._candidates(queries, fetch, settings)
+                valid = found >= 0
+                valid[valid] = self._alive[found[valid]]
+                short = valid.sum(axis=1) < min(k, live_built)
+                if not short.any() or fetch >= self._built:
+                    break
+                fetch = min(self._built, fetch * 2)  # too many tombstones among these
+            found = np.where(valid, found, -1)
+            rows = np.concatenate([rows, found], axis=1)
+            scores = np.concatenate([scores, self._score_rows(queries, found)], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        top_rows = np.take_along_axis(rows, order, axis=1)
+        out_ids = np.where(top_rows >= 0, self._ids[np.maximum(top_rows, 0)], -1)
+        top_scores[top_rows < 0] = -np.inf
+        if top_scores.shape[1] < k:  # fewer candidates than k: pad
+            pad = k - top_scores.shape[1]
+            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+        return top_scores.astype(np.float32), out_ids.astype(np.int64)
+
+    def _exact_pending(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the live rows outside the structure (all rows for flat)."""
+        live = self._alive[self._built:]
+        take = min(k, int(live.sum()))
+        if take == 0:
+            return (np.empty((queries.shape[0], 0), np.int64),
+                    np.empty((queries.shape[0], 0), np.float32))
+        sims = self._score_matrix(queries, self._vectors[self._built:])
+        sims[:, ~live] = -np.inf
+        top = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < live.shape[0] \
+            else np.broadcast_to(np.arange(live.shape[0]), sims.shape)
+        return top + self._built, np.take_along_axis(sims, top, axis=1)
+
+    def _score_matrix(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        dots = queries @ vectors.T
+        if self.metric != "l2":
+            return dots
+        sq = (queries ** 2).sum(1)[:, None] + (vectors ** 2).sum(1)[None, :] - 2 * dots
+        return -np.sqrt(np.maximum(sq, 0))
+
+    def _score_rows(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact scores of each query against its own candidate rows; `-inf` for `-1`."""
+        vectors = self._vectors[np.maximum(rows, 0)]
+        if self.metric == "l2":
+            scores = -np.sqrt(((vectors - queries[:, None, :]) ** 2).sum(-1))
+        else:
+            scores = np.einsum("qd,qcd->qc", queries, vectors)
+        return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+
+    # -- keeping the structure in shape ---------------------------------------------------
+
+    def _maintain(self) -> None:
+        rows = self._ids.shape[0]
+        dead = rows - len(self)
+        pending = rows - self._built
+        if self._built == 0:
+            if dead > REBUILD_FRACTION * rows or len(self) >= self._min_rows():
+                self.rebuild()
+        elif dead > REBUILD_FRACTION * rows or self._wants_rebuild():
+            self.rebuild()
+        elif pending:
+            if self.extendable:
+                self._extend(self._vectors[self._built:])
+                self._built = rows
+            elif pending > REBUILD_FRACTION * self._built:
+                self.rebuild()
+
+    def rebuild(self) -> None:
+        """Drop dead rows and build the structure again over the live ones."""
+        keep = self._alive
+        self._ids, self._vectors = self._ids[keep], np.ascontiguousarray(self._vectors[keep])
+        self._alive = np.ones(self._ids.shape[0], bool)
+        self._built = 0
+        if len(self) >= self._min_rows():
+            self._build(self._vectors)
+            self._built = self._ids.shape[0]
+
+    # -- files ----------------------------------------------------------------------------
+
+    def save(self, path: Path, *, meta: dict[str, Any] | None = None) -> None:
+        """Write a new folder beside `path`, then swap it in by rename; `meta` adds to (or
+        overrides) what `meta.json` records."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        np.save(tmp / "ids.npy", self._ids)
+        np.save(tmp / "alive.npy", self._alive)
+        np.save(tmp / "vectors.npy", self._vectors)
+        if self._built:
+            self._save_structure(tmp)
+        meta = {"format_version": FORMAT_VERSION, "spec": self.spec, "metric": self.metric,
+                "dim": self.dim, "built": self._built, **self._meta(), **(meta or {})}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _meta(self) -> dict[str, Any]:
+        """Extra state the family needs back on load."""
+        return {}
+
+    def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
+        self._ids = np.load(folder / "ids.npy")
+        self._alive = np.load(folder / "alive.npy")
+        self._vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+        if not (self._ids.shape[0] == self._alive.shape[0] == self._vectors.shape[0]):
+            raise ValueError("ids, alive and vectors differ in length")
+        self._built = int(meta["built"])
+        if self._built and not self._load_structure(folder):
+            self.rebuild()
