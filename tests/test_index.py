@@ -83,7 +83,7 @@ def test_updates_and_files_keep_results(spec: str, data, tmp_path: Path) -> None
     loaded = load_index(tmp_path / "index")
     _, again = loaded.search(queries, 20)
     assert loaded.spec == index.spec and len(loaded) == len(index)
-    assert np.mean(again == found) >= (0.95 if spec == "scann" else 1.0)
+    np.testing.assert_array_equal(again, found)
     loaded.add(gone[:5], vectors[::7][:5])  # a removed id can come back when re-added
     _, back = loaded.search(vectors[::7][:5], 1)
     assert back[:, 0].tolist() == gone[:5].tolist()
@@ -112,7 +112,8 @@ def test_ivf_waits_for_enough_points_then_retrains_as_it_grows(data) -> None:  #
     index.add(ids[300:700], vectors[300:700])
     assert index._trained == 700  # type: ignore[attr-defined]
     index.add(ids[700:], vectors[700:])
-    assert index._trained == 4000  # grown more than 4x: retrained # type: ignore[attr-defined]
+    # grown more than 4x: retrained, on a sample of 64 points a centroid
+    assert index._trained == 64 * 16  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])

@@ -29,12 +29,13 @@ TUNE_SAMPLE = 50_000  # vectors the candidates are built on while measuring
 TUNE_QUERIES = 200
 
 
-def _candidates(n: int, dim: int) -> list[tuple[str, str, list[int]]]:
-    """(spec, search option, values to sweep) to try for `n` vectors."""
-    nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(n))))
+def _candidates(n: int, sample: int, dim: int) -> list[tuple[str, str, list[int]]]:
+    """(spec, search option, values to sweep) to try for `n` vectors, measured on `sample`
+    of them."""
+    nlist = 2 ** max(4, round(math.log2(math.sqrt(n))))
     sweep = [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256) if v <= nlist]
     out = [("flat", "", [0]), ("hnsw32", "ef", [16, 32, 64, 128, 256, 512])]
-    if n >= 39 * nlist:
+    if sample >= 39 * nlist:
         out.append((f"ivf{nlist}", "nprobe", sweep))
         m = next((m for m in (dim // 4, dim // 8, dim // 2) if m and dim % m == 0), 0)
         if m:
@@ -59,7 +60,7 @@ def tune(ids: np.ndarray, vectors: np.ndarray, metric: IndexMetric, *, recall: f
     truth_index.add(ids[base], vectors[base])
     _, truth = truth_index.search(queries, k)
     points: list[dict[str, Any]] = []
-    for spec, option, values in _candidates(base.shape[0], vectors.shape[1]):
+    for spec, option, values in _candidates(n, base.shape[0], vectors.shape[1]):
         index = _create(spec, vectors.shape[1], metric)
         index.add(ids[base], vectors[base])
         scale = n / base.shape[0]  # memory grows with the full index

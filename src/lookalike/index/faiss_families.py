@@ -19,7 +19,7 @@ from lookalike.index.spec import IndexSpec, Number
 from lookalike.index.stored import StoredIndex
 
 _POINTS_PER_CENTROID = 39  # faiss's own minimum for a sound k-means
-_MAX_POINTS_PER_CENTROID = 256  # faiss samples down to this many for training
+_TRAIN_POINTS_PER_CENTROID = 64  # k-means sample: enough for faiss, a quarter of its cap
 _RETRAIN_GROWTH = 4
 
 
@@ -100,7 +100,7 @@ class IVFIndex(_FaissIndex):
         return _POINTS_PER_CENTROID * self.nlist
 
     def _training_rows(self) -> int:
-        return _MAX_POINTS_PER_CENTROID * self.nlist
+        return _TRAIN_POINTS_PER_CENTROID * self.nlist
 
     def _wants_rebuild(self) -> bool:
         """Retrain once the collection has outgrown its training sample."""

@@ -24,6 +24,9 @@ def _scann() -> Any:
     return scann_ops_pybind
 
 
+_HERE = "@STRUCTURE_DIR@/"
+
+
 class ScannIndex(StoredIndex):
     """`leaves` partitions (default ~sqrt(n)); `leaves_to_search` of them scanned with
     quantised scores, the best `rerank` re-ordered exactly."""
@@ -64,12 +67,22 @@ class ScannIndex(StoredIndex):
         return k  # ScaNN re-orders its own shortlist
 
     def _save_structure(self, folder: Path) -> None:
-        (folder / "structure.scann").mkdir()
-        self._searcher.serialize(str(folder / "structure.scann"))
+        """ScaNN writes absolute paths into its assets file; they are made relative to the
+        folder, which is renamed after writing."""
+        where = folder / "structure.scann"
+        where.mkdir()
+        self._searcher.serialize(str(where))
+        assets = where / "scann_assets.pbtxt"
+        assets.write_text(assets.read_text().replace(f"{where}/", _HERE))
 
     def _load_structure(self, folder: Path) -> bool:
+        where = folder / "structure.scann"
         try:
-            self._searcher = _scann().load_searcher(str(folder / "structure.scann"))
+            assets = (where / "scann_assets.pbtxt").read_text().replace(_HERE, f"{where}/")
+            from scann.scann_ops.py import scann_ops_pybind as ops
+
+            self._searcher = ops.ScannSearcher(ops.scann_pybind.ScannNumpy(str(where), assets),
+                                               None)
         except (OSError, RuntimeError, ValueError):
             return False
         return True

