@@ -147,3 +147,17 @@ def test_reindex_switches_the_index_and_search_takes_its_options(
     assert wrong.returncode == 2 and "hnsw takes ef" in wrong.stderr
     bad = run("index", "-c", copy, "--reindex", "hnsw")
     assert bad.returncode == 2 and "unknown index spec 'hnsw'" in bad.stderr
+
+
+def test_calibrate_and_min_grade_errors_are_one_line(indexed: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    root, coll = indexed
+    ungraded = run("search", "-c", coll, "--like", "rocket.jpg", "--min-grade", "3")
+    assert ungraded.returncode == 2 and "not calibrated" in ungraded.stderr
+    queries, qrels = tmp_path / "q.jsonl", tmp_path / "qrels.txt"
+    queries.write_text("".join(json.dumps({"id": f"q{i}", "image": str(p)}) + "\n"
+                               for i, p in enumerate(sorted(root.glob("*.jpg")))))
+    qrels.write_text("q0 0 rocket.jpg 5\nq1 0 coffee.jpg 3\n")
+    few = run("calibrate", "-c", coll, "--queries", queries, "--qrels", qrels)
+    assert few.returncode == 2 and "too few relevant judged hits" in few.stderr
+    assert len(few.stderr.strip().splitlines()) == 1

@@ -110,10 +110,12 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
 @click.option("--search-k", type=int, help="Annoy nodes visited (-1: trees x k).")
 @click.option("--rerank", type=click.IntRange(min=1),
               help="Shortlist re-scored exactly (pq, lsh, scann).")
+@click.option("--min-grade", type=click.FloatRange(0, 5),
+              help="Keep hits whose calibrated grade is at least this (needs `calibrate`).")
 def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
            metric: str, as_json: bool, queries: Path | None, run_path: Path | None,
-           nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None
-           ) -> None:
+           nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None,
+           min_grade: float | None) -> None:
     """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
     from lookalike.collection import Collection
     from lookalike.trec import read_queries, write_run
@@ -131,17 +133,55 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
             parsed = read_queries(queries)
             items = [(q.image, q.crop) if q.crop else q.image for q in parsed]
             results = coll.search_many(items, k=k, metric=metric,  # type: ignore[arg-type]
-                                       options=options)
+                                       options=options, min_grade=min_grade)
             write_run(run_path, {q.id: hits for q, hits in zip(parsed, results, strict=True)})
             click.echo(f"{run_path}: {len(parsed)} queries, top {k} each")
             return
-        hits = coll.search(image, crop=crop, like=like, k=k,
-                           metric=metric, options=options)  # type: ignore[arg-type]
+        hits = coll.search(image, crop=crop, like=like, k=k, metric=metric,  # type: ignore[arg-type]
+                           options=options, min_grade=min_grade)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
     for hit in hits:
-        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}")
+        grade = f"  grade {hit.grade:.2f}" if hit.grade is not None else ""
+        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}{grade}")
+
+
+@cli.command()
+@collection_option
+@click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path),
+              help="queries.jsonl (see DESIGN.md).")
+@click.option("--qrels", "qrels_path", required=True, type=click.Path(path_type=Path),
+              help="Graded TREC qrels, grades 0-5.")
+@click.option("--model", type=click.Choice(["ordinal", "isotonic"]), default="ordinal",
+              show_default=True)
+@click.option("--depth", default=50, show_default=True, type=click.IntRange(min=2),
+              help="Hits a query used for fitting and for each query's score statistics.")
+@click.option("--unjudged", default=0, show_default=True, type=click.IntRange(0, 5),
+              help="Grade given to hits the qrels do not judge.")
+@click.option("--fit-fraction", default=0.5, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of the queries fitted on; the rest are held out for the report.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Write calibration.json (held-out figures) and reliability.png here.")
+def calibrate(collection: Path, queries_path: Path, qrels_path: Path, model: str, depth: int,
+              unjudged: int, fit_fraction: float, report_dir: Path | None) -> None:
+    """Fit COLLECTION's 0-5 relevance calibration on graded queries; from then on its hits
+    carry a grade."""
+    from lookalike.calibration import calibrate_collection, reliability_plot
+    from lookalike.collection import Collection
+    from lookalike.trec import read_qrels, read_queries
+
+    with Collection.open(collection) as coll:
+        run = calibrate_collection(coll, read_queries(queries_path), read_qrels(qrels_path),
+                                   model=model, depth=depth,  # type: ignore[arg-type]
+                                   unjudged=unjudged, fit_fraction=fit_fraction)
+        coll.set_calibration(run.calibrator)
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "calibration.json").write_text(json.dumps(run.report, indent=2))
+        reliability_plot(run.calibrator, *run.test, report_dir / "reliability.png")
+    click.echo(json.dumps(run.report, indent=2))
 
 
 @cli.command()

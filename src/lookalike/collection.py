@@ -19,13 +19,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from lookalike.atomic import atomic_write
+from lookalike.calibration import Calibrator
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
@@ -49,10 +50,16 @@ class Hit:
     path: str
     score: float
     box: Box
+    grade: float | None = None  # calibrated expected grade 0-5, once calibrated
+    p_relevant: tuple[float, ...] | None = None  # P(grade >= g), g = 1..5
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
-                "box": list(self.box)}
+        out = {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
+               "box": list(self.box)}
+        if self.grade is not None:
+            out["grade"] = round(self.grade, 4)
+            out["p_relevant"] = [round(p, 4) for p in self.p_relevant or ()]
+        return out
 
 
 @dataclass
@@ -340,6 +347,19 @@ class Collection:
                            {"generation": generation, "spec": index.spec})
         (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
 
+    @property
+    def calibration(self) -> Calibrator | None:
+        """The fitted relevance calibration (`lookalike calibrate`), if there is one."""
+        path = self.path / "calibration.json"
+        return Calibrator.load(path) if path.is_file() else None
+
+    def set_calibration(self, calibrator: Calibrator | None) -> None:
+        """Save (or with None, drop) the calibration used by every later search."""
+        if calibrator is None:
+            (self.path / "calibration.json").unlink(missing_ok=True)
+        else:
+            calibrator.save(self.path / "calibration.json")
+
     def reindex(self, spec: str) -> None:
         """Switch to another index spec, built from the stored vectors (no re-embedding)."""
         spec = create_index(spec, self.dim).spec  # validated and normalised first
@@ -374,37 +394,46 @@ class Collection:
 
     def search(self, image: ImageSource | None = None, *, crop: Box | None = None,
                like: str | None = None, k: int = 10, metric: Metric = "cosine",
-               options: Mapping[str, Number] | None = None) -> list[Hit]:
+               options: Mapping[str, Number] | None = None,
+               min_grade: float | None = None) -> list[Hit]:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
         indexed id (`like`, which is left out of its own results)."""
         query = self.query_vector(image, crop=crop, like=like)
         exclude = {like} if like else set()
         return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude],
-                                   options=options)[0]
+                                   options=options, min_grade=min_grade)[0]
 
     def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
                     metric: Metric = "cosine", progress: bool = False,
-                    options: Mapping[str, Number] | None = None) -> list[list[Hit]]:
+                    options: Mapping[str, Number] | None = None,
+                    min_grade: float | None = None) -> list[list[Hit]]:
         """Batch search: images or `(image, box)` crops, embedded in batches."""
         vectors = self.encoder.encode(list(items), progress=progress)
         return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric,
-                                   options=options)
+                                   options=options, min_grade=min_grade)
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
                        exclude: Sequence[set[str]] | None = None,
-                       options: Mapping[str, Number] | None = None) -> list[list[Hit]]:
+                       options: Mapping[str, Number] | None = None,
+                       min_grade: float | None = None) -> list[list[Hit]]:
         """Search with ready-made query vectors; results are one row per image, each scored
         by its best-matching vector, whose box it carries. `options` are the index's
-        search options (`nprobe`, `ef`, `search_k`, `rerank`...)."""
+        search options (`nprobe`, `ef`, `search_k`, `rerank`...). A calibrated collection
+        adds each hit's grade; `min_grade` then keeps the hits graded at least that."""
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if k <= 0:
             raise LookalikeError(f"k must be a positive integer, got {k}")
+        calibration = self.calibration
+        if min_grade is not None and calibration is None:
+            raise LookalikeError(f"{self.path}: not calibrated, so no grades to filter on; "
+                                 "run `lookalike calibrate` first")
+        wanted = max(k, calibration.depth) if calibration else k
         index = self._load_index()
         if len(index) == 0:
             return [[] for _ in range(len(queries))]
         per_image = max(1, -(-len(index) // max(1, len(self))))  # vectors an image, rounded up
-        fetch = min(len(index), (k + 1) * per_image)
+        fetch = min(len(index), (wanted + 1) * per_image)
         try:
             scores, vids = index.search(queries, fetch, **(options or {}))
         except IndexError_ as exc:
@@ -423,11 +452,22 @@ class Collection:
                     continue
                 seen.add(image_id)
                 hits.append(Hit(len(hits) + 1, image_id, str(root / image_id),
-                                _metric_score(float(score), metric), box))
-                if len(hits) == k:
+                                float(score), box))
+                if len(hits) == wanted:
                     break
-            results.append(hits)
+            if calibration is not None:
+                hits = _graded(hits, calibration, min_grade)
+            results.append([replace(h, rank=rank, score=_metric_score(h.score, metric))
+                            for rank, h in enumerate(hits[:k], start=1)])
         return results
+
+
+def _graded(hits: list[Hit], calibration: Calibrator, min_grade: float | None) -> list[Hit]:
+    """Hits (cosine-scored, best first) with their calibrated grades."""
+    grades, at_least = calibration.predict_scores([h.score for h in hits])
+    graded = [replace(h, grade=float(g), p_relevant=tuple(float(p) for p in ps))
+              for h, g, ps in zip(hits, grades, at_least, strict=True)]
+    return [h for h in graded if min_grade is None or (h.grade or 0.0) >= min_grade]
 
 
 def _metric_score(inner_product: float, metric: Metric) -> float:
