@@ -56,7 +56,7 @@ def demo(out: Path) -> None:
               "defaults to the collection's, or efficientnet_lite0 for a new one.")
 @click.option("--index", "index_spec", default="flat", show_default=True,
               help="Index spec for a new collection: flat, hnsw32, ivf1024, ivf1024,pq32, "
-              "annoy, lsh, kdtree, scann or auto (see docs/indexes.md).")
+              "annoy, lsh, kdtree, scann or auto (see README, Indexes).")
 @click.option("--reindex", "reindex_spec", default=None,
               help="Switch the collection to this index spec, from its stored vectors "
               "(no re-embedding); FOLDER may then be left out.")
