@@ -10,7 +10,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -196,12 +196,13 @@ def create_encoder(
     backend: BackendName = "auto",
     device: str | None = None,
 ) -> Encoder:
-    """Load an encoder by name (`list_encoders()`, or `timm:MODEL`).
+    """Load an encoder by name (`list_encoders()`, `timm:MODEL`, or the folder of a model
+    trained with `lookalike.train`).
 
     `backend="auto"` runs PyTorch on a GPU when there is one, else ONNX Runtime on the CPU
     (the graph is exported once and cached). `weights` overrides the entry's weights file.
     """
-    spec = get_spec(name)
+    spec = _spec(name)
     pre = spec.preprocess
     module = nn.Sequential(
         PixelNormalize(pre.mean, pre.std),
@@ -218,3 +219,22 @@ def create_encoder(
         else OnnxBackend(export_onnx(module, pre.size, onnx_path(name, weights_sha)))
     )
     return Encoder(spec, module, runtime, weights_sha)
+
+
+def _spec(name: str) -> EncoderSpec:
+    """A registry entry, or for a trained model folder its base entry with the head on top
+    (so backbone and head run, and export to ONNX, as one network)."""
+    folder = Path(name).expanduser()
+    if not (folder / "lookalike-model.json").is_file():
+        return get_spec(name)
+    from lookalike.train.head import load_head
+
+    base_name, head = load_head(folder)
+    base = get_spec(base_name)
+
+    def load(weights: Path | None) -> nn.Module:
+        return nn.Sequential(L2Normalized(base.load(weights)), head)
+
+    return replace(base, name=str(folder.resolve()), dim=head.dim_out, load=load,
+                   weights_source=f"{base.weights_source}, head trained in {folder}",
+                   description=f"{base_name} with a contrastively trained head")

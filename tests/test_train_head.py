@@ -1,0 +1,74 @@
+"""Head mode: training improves a validation split; the saved model is an encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike import create_encoder
+from lookalike.train.head import (
+    HeadConfig,
+    ProjectionHead,
+    _pk_batches,
+    plot_history,
+    save_model,
+    train_head,
+    validation_metrics,
+)
+
+
+def _features(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """The label lives in 4 dimensions; 60 others carry larger noise the head must learn
+    to ignore."""
+    labels = rng.integers(0, len(centres), n)
+    signal = centres[labels] + 0.3 * rng.normal(size=(n, 4))
+    x = np.hstack([signal, 1.5 * rng.normal(size=(n, 60))]).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def test_head_training_raises_validation_map(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 4)) * 2
+    train_x, train_y = _features(rng, 2000, centres)
+    val_x, val_y = _features(rng, 400, centres)
+    config = HeadConfig(epochs=8, batch_size=128, hidden=128, patience=3)
+    head, history = train_head(train_x, train_y, val_x, val_y, config=config)
+    frozen = validation_metrics(val_x, val_y)
+    assert history[0]["map"] == frozen["map"]  # epoch 0 is the identity: the backbone
+    best = max(h["map"] for h in history)
+    assert best > 1.5 * frozen["map"]
+    with torch.no_grad():
+        trained = head(torch.from_numpy(val_x)).numpy()
+    assert validation_metrics(trained, val_y)["map"] == best  # the best epoch was kept
+    plot_history(history, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_pk_batches_give_every_anchor_a_positive() -> None:
+    labels = np.repeat(np.arange(30), 5)
+    batches = _pk_batches(labels, 32, 4, np.random.default_rng(0))
+    seen = np.concatenate(batches)
+    assert len(seen) == len(np.unique(seen))  # no item twice in an epoch
+    for batch in batches:
+        counts = np.bincount(labels[batch])
+        assert (counts[counts > 0] >= 2).all()
+
+
+def test_trained_model_folder_is_an_encoder(tmp_path: Path, encoder, samples) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    head = ProjectionHead(encoder.dim, 64, hidden=32)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(tmp_path / "model", "efficientnet_lite0", head, [], HeadConfig())
+    trained = create_encoder(str(tmp_path / "model"))
+    assert trained.dim == 64 and trained.name == str((tmp_path / "model").resolve())
+    got = trained.encode(samples[:3])
+    base = torch.from_numpy(encoder.encode(samples[:3]))
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(head(base), dim=1).numpy()
+    assert got.shape == (3, 64)
+    assert (np.sum(got * expected, axis=1) > 0.999).all()  # one ONNX graph, same answer
