@@ -161,3 +161,25 @@ def test_calibrate_and_min_grade_errors_are_one_line(indexed: tuple[Path, Path],
     few = run("calibrate", "-c", coll, "--queries", queries, "--qrels", qrels)
     assert few.returncode == 2 and "too few relevant judged hits" in few.stderr
     assert len(few.stderr.strip().splitlines()) == 1
+
+
+def test_train_writes_a_model_that_index_uses(samples: list[Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "labelled"
+    for label, photo in (("cats", "chelsea.jpg"), ("coffee", "coffee.jpg")):
+        (root / label).mkdir(parents=True)
+        image = Image.open(next(p for p in samples if p.name == photo))
+        for i in range(8):  # crops of one photo a label
+            w, h = image.size
+            image.crop((i * w // 40, i * h // 40, w - i * w // 50, h)).save(
+                root / label / f"{i}.jpg")
+    model = tmp_path / "model"
+    trained = run("train", root, "--out", model, "--epochs", "2", "--batch-size", "8")
+    assert trained.returncode == 0, trained.stderr
+    assert "validation mAP" in trained.stdout and (model / "curve.png").is_file()
+    indexed = run("index", root, "-c", tmp_path / "coll", "--model", model, "--no-progress")
+    assert indexed.returncode == 0, indexed.stderr
+    assert "16 images, 16 vectors" in indexed.stdout
+    bad = run("train", root / "cats", "--out", tmp_path / "m2")
+    assert bad.returncode == 2 and "at least two labelled subfolders" in bad.stderr

@@ -148,6 +148,32 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
 
 
 @cli.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="The model folder to write; use it as `--model OUT`.")
+@click.option("--model", "base", default="efficientnet_lite0", show_default=True,
+              help="The frozen backbone the head is trained on.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=4))
+@click.option("--temperature", default=0.1, show_default=True,
+              type=click.FloatRange(0, min_open=True))
+@click.option("--val-fraction", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+def train(folder: Path, out: Path, base: str, epochs: int, batch_size: int,
+          temperature: float, val_fraction: float) -> None:
+    """Train a projection head (head mode, supervised contrastive loss) on FOLDER's images,
+    labelled by their subfolder; writes a model folder that `--model` accepts."""
+    from lookalike.train.head import HeadConfig, train_on_folder
+
+    config = HeadConfig(epochs=epochs, batch_size=batch_size, temperature=temperature)
+    history = train_on_folder(folder, out, base=base, config=config,
+                              val_fraction=val_fraction)
+    best = max(history, key=lambda h: h["map"])
+    click.echo(f"{out}: validation mAP {history[0]['map']:.3f} frozen -> {best['map']:.3f} "
+               f"(epoch {best['epoch']}); curve in {out / 'curve.png'}")
+
+
+@cli.command()
 @collection_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path),
               help="queries.jsonl (see DESIGN.md).")

@@ -190,3 +190,31 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
+
+
+def train_on_folder(root: Path, out: Path, *, base: str = "efficientnet_lite0",
+                    config: HeadConfig | None = None, val_fraction: float = 0.1,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Head mode on a labelled folder (an image's label is its folder): embed every image
+    once, hold `val_fraction` of them out for validation, train, and write the model
+    folder `out` with its loss/metric curve."""
+    from lookalike.collection import scan_images
+    from lookalike.encoders import create_encoder
+    from lookalike.errors import LookalikeError
+
+    cfg = config or HeadConfig()
+    images = scan_images(root)
+    labels_text = [Path(i).parent.as_posix() for i in images]
+    if len(set(labels_text)) < 2:
+        raise LookalikeError(f"{root}: needs images in at least two labelled subfolders")
+    _, labels = np.unique(labels_text, return_inverse=True)
+    encoder = create_encoder(base)
+    vectors = encoder.encode(list(images.values()), progress=progress)
+    val = np.random.default_rng(cfg.seed).random(len(labels)) < val_fraction
+    if val.sum() < 2 or (~val).sum() < 2:
+        raise LookalikeError(f"{root}: too few images to hold {val_fraction:.0%} out")
+    head, history = train_head(vectors[~val], labels[~val], vectors[val], labels[val],
+                               config=cfg)
+    save_model(out, base, head, history, cfg)
+    plot_history(history, out / "curve.png")
+    return history
