@@ -31,7 +31,13 @@ from lookalike.datasets.builders import (
 from lookalike.datasets.layout import stratified_pick
 from lookalike.encoders import Encoder
 from lookalike.metrics import Ranked, per_query
-from lookalike.train.head import HeadConfig, plot_history, save_model, train_head
+from lookalike.train.head import (
+    HeadConfig,
+    augmented_view,
+    plot_history,
+    save_model,
+    train_head,
+)
 from lookalike.trec import read_qrels, read_queries
 
 
@@ -50,7 +56,8 @@ def test_map(queries: np.ndarray, q_labels: np.ndarray, db: np.ndarray, db_label
     return float(per_query(ranked, "map").mean())
 
 
-def fashion(encoder: Encoder, train: int) -> dict[str, np.ndarray]:
+def fashion(encoder: Encoder, train: int, self_supervised: bool = False
+            ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     images = _read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz")
     labels = _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
@@ -64,7 +71,12 @@ def fashion(encoder: Encoder, train: int) -> dict[str, np.ndarray]:
                               batch_size=64, progress=True)
 
     x = embed(images[picked])
-    return {"train_x": x[:train], "train_y": labels[picked][:train].astype(np.int64),
+    extra = {}
+    if self_supervised:  # two augmented views of each training photo, no labels used
+        views = [Image.fromarray(a).convert("RGB") for a in images[picked[:train]]]
+        extra = {name: encoder.encode([augmented_view(v, rng) for v in views], batch_size=64,
+                                      progress=True) for name in ("view_a", "view_b")}
+    return {**extra, "train_x": x[:train], "train_y": labels[picked][:train].astype(np.int64),
             "val_x": x[train:], "val_y": labels[picked][train:].astype(np.int64),
             "test_q": embed(test_images[test]), "test_q_y": test_labels[test].astype(np.int64)}
 
@@ -104,7 +116,9 @@ def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "emoji"])
+    parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "emoji"],
+                        help="fashion-mnist, emoji, or fashion-mnist-ssl (self-supervised: "
+                        "two augmented views of each training photo, no labels)")
     parser.add_argument("--train", type=int, default=6000, help="fashion-mnist train images")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs"))
@@ -114,14 +128,20 @@ def main() -> None:
     rows = []
     for name in args.sets:
         start = time.perf_counter()
-        data = fashion(encoder, args.train) if name == "fashion-mnist" else emoji(
-            encoder, args.out)
+        self_supervised = name == "fashion-mnist-ssl"
+        data = fashion(encoder, args.train, self_supervised) if name.startswith("fashion") \
+            else emoji(encoder, args.out)
         embedded = time.perf_counter() - start
         config = HeadConfig(epochs=args.epochs, per_label=2 if name == "emoji" else 8)
         start = time.perf_counter()
-        head, history = train_head(data["train_x"], data["train_y"], data["val_x"],
-                                   data["val_y"], config=config,
-                                   on_epoch=lambda r: print(r, flush=True))
+        if self_supervised:
+            head, history = train_head(data["view_a"], None, data["val_x"], data["val_y"],
+                                       config=config, views=data["view_b"],
+                                       on_epoch=lambda r: print(r, flush=True))
+        else:
+            head, history = train_head(data["train_x"], data["train_y"], data["val_x"],
+                                       data["val_y"], config=config,
+                                       on_epoch=lambda r: print(r, flush=True))
         trained = time.perf_counter() - start
         save_model(args.out / f"{name}-head", "efficientnet_lite0", head, history, config)
         plot_history(history, args.out / f"{name}-curve.png")

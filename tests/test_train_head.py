@@ -72,3 +72,23 @@ def test_trained_model_folder_is_an_encoder(tmp_path: Path, encoder, samples) ->
         expected = torch.nn.functional.normalize(head(base), dim=1).numpy()
     assert got.shape == (3, 64)
     assert (np.sum(got * expected, axis=1) > 0.999).all()  # one ONNX graph, same answer
+
+
+def test_self_supervised_views_train_without_labels() -> None:
+    from PIL import Image
+
+    from lookalike.train.head import augmented_view
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    one, two = augmented_view(image, rng), augmented_view(image, rng)
+    assert one.size == two.size == image.size and one.tobytes() != two.tobytes()
+    centres = rng.normal(size=(20, 4)) * 2
+    train_x, _ = _features(rng, 1000, centres)
+    # a second "view" keeps the signal dimensions and redraws the noise ones
+    views = np.hstack([train_x[:, :4], 1.5 * rng.normal(size=(1000, 60)) / 12]).astype(
+        np.float32)
+    val_x, val_y = _features(rng, 300, centres)
+    config = HeadConfig(epochs=6, batch_size=128, hidden=128, patience=3)
+    _, history = train_head(train_x, None, val_x, val_y, config=config, views=views)
+    assert max(h["map"] for h in history) > history[0]["map"] * 1.2

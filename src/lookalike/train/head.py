@@ -1,6 +1,7 @@
 """Head mode: a small projection head trained on frozen, cached backbone features.
 
-The backbone embeds the training images once; only the head learns, so an epoch over ten
+The backbone embeds the training images once (self-supervised: two augmented views of
+each, `augmented_view`); only the head learns, so an epoch over ten
 thousand images takes seconds on a CPU. Batches are drawn P x K (P labels, K items of each)
 so that every anchor has positives for the supervised contrastive loss. Each epoch is
 scored on a validation split with `lookalike.metrics` (leave-one-out: every validation item
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from lookalike.atomic import atomic_write
 from lookalike.metrics import Ranked, per_query
-from lookalike.train.losses import SupConLoss
+from lookalike.train.losses import InfoNCELoss, SupConLoss
 
 MODEL_FILE = "lookalike-model.json"
 VALIDATION_DEPTH = 100
@@ -99,21 +101,44 @@ def _pk_batches(labels: np.ndarray, batch_size: int, per_label: int,
     return batches
 
 
-def train_head(train_x: np.ndarray, train_labels: np.ndarray, val_x: np.ndarray,
+def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.ndarray,
                val_labels: np.ndarray, *, config: HeadConfig | None = None,
+               views: np.ndarray | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None
                ) -> tuple[ProjectionHead, list[dict[str, Any]]]:
     """Train; returns the best head (by validation mAP) and one history row an epoch
-    (epoch 0 = before training, the frozen backbone)."""
+    (epoch 0 = before training, the frozen backbone). Supervised (SupCon over P x K
+    batches) with `train_labels`; self-supervised with `views`, the features of a second
+    augmented view of each training image (InfoNCE, row i of `train_x` against row i of
+    `views`, the rest of the batch as negatives)."""
     cfg = config or HeadConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     head = ProjectionHead(train_x.shape[1], cfg.dim_out, cfg.hidden)
-    loss_fn = SupConLoss(cfg.temperature)
+    x = torch.from_numpy(np.ascontiguousarray(train_x, np.float32))
+    if views is not None:
+        info_nce, other = InfoNCELoss(cfg.temperature), torch.from_numpy(views.astype(np.float32))
+
+        def batches() -> list[np.ndarray]:
+            order = rng.permutation(len(x))
+            return [order[i:i + cfg.batch_size] for i in range(0, len(order) - 1,
+                                                                 cfg.batch_size)]
+
+        def batch_loss(index: torch.Tensor) -> torch.Tensor:
+            return info_nce(head(x[index]), head(other[index]))
+    elif train_labels is not None:
+        sup_con, y = SupConLoss(cfg.temperature), torch.from_numpy(train_labels.astype(np.int64))
+        labels = train_labels
+
+        def batches() -> list[np.ndarray]:
+            return _pk_batches(labels, cfg.batch_size, cfg.per_label, rng)
+
+        def batch_loss(index: torch.Tensor) -> torch.Tensor:
+            return sup_con(head(x[index]), y[index])
+    else:
+        raise ValueError("give train_labels (supervised) or views (self-supervised)")
     optimiser = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
-    x = torch.from_numpy(np.ascontiguousarray(train_x, np.float32))
-    y = torch.from_numpy(train_labels.astype(np.int64))
 
     def validate() -> dict[str, float]:
         with torch.no_grad():
@@ -125,9 +150,8 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray, val_x: np.ndarray,
     for epoch in range(1, cfg.epochs + 1):
         head.train()
         losses = []
-        for batch in _pk_batches(train_labels, cfg.batch_size, cfg.per_label, rng):
-            index = torch.from_numpy(batch)
-            loss = loss_fn(head(x[index]), y[index])
+        for batch in batches():
+            loss = batch_loss(torch.from_numpy(batch))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -146,6 +170,22 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray, val_x: np.ndarray,
                 break
     head.load_state_dict(best_state)
     return head.eval(), history
+
+
+def augmented_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One SimCLR-style view: random resized crop (20-100 % of the area), flip, colour
+    jitter (p 0.8), grayscale (p 0.2), blur (p 0.5)."""
+    from torchvision.transforms import v2
+
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    transform = v2.Compose([
+        v2.RandomResizedCrop(image.size[::-1], scale=(0.2, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
+    ])
+    return transform(image.convert("RGB"))
 
 
 def _copy(module: nn.Module) -> dict[str, torch.Tensor]:
