@@ -89,3 +89,28 @@ def test_leave_one_out_on_a_labelled_folder(tmp_path: Path, samples, encoder) ->
     flat.index_folder(root / "coffee")
     with pytest.raises(LookalikeError, match="two class subfolders"):
         leave_one_out(flat)
+
+
+def test_report_with_a_calibration_section(tmp_path: Path, photo_dir: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from lookalike.calibration import calibrate_collection
+
+    coll = Collection.create(tmp_path / "coll", encoder=encoder)
+    coll._encoder = encoder
+    coll.index_folder(photo_dir)
+    queries, qrels = [], {}
+    for n, image_id in enumerate(coll.ids() * 2):  # two edited copies of each photo
+        edited = tmp_path / f"q{n}.jpg"
+        image = Image.open(photo_dir / image_id)
+        (ImageOps.mirror(image) if n % 2 else ImageOps.grayscale(image)).save(edited)
+        queries.append(Query(f"q{n}", edited))
+        qrels[f"q{n}"] = {doc: 5 if doc == image_id else 1 for doc in coll.ids()}
+    result = evaluate_collection(coll, queries, qrels, metrics=["mrr"])
+    run = calibrate_collection(coll, queries, qrels, model="isotonic", depth=6)
+    assert run.report["fit_queries"] == run.report["test_queries"] == len(queries) // 2
+    assert coll.calibration is None  # assessing does not change the collection
+    write_report(result, tmp_path / "report", calibration=run)
+    figures = json.loads((tmp_path / "report" / "calibration.json").read_text())
+    assert figures["mae"] >= 0 and -1 <= figures["spearman"] <= 1
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Calibrated grades (isotonic, held-out queries)" in page
+    assert page.count("data:image/png") == 4  # the three plots and the reliability plot

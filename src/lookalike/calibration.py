@@ -236,6 +236,17 @@ def _prf(predicted: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
 
 def reliability_plot(calibrator: Calibrator, features: np.ndarray, grades: np.ndarray,
                      path: Path, *, cutoff: int = 3) -> None:
+    """`reliability_figure` as a PNG file."""
+    import matplotlib.pyplot as plt
+
+    fig = reliability_figure(calibrator, features, grades, cutoff=cutoff)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def reliability_figure(calibrator: Calibrator, features: np.ndarray, grades: np.ndarray,
+                       *, cutoff: int = 3) -> Any:
     """Predicted vs judged, in bins: the expected grade, and P(grade >= cutoff)."""
     import matplotlib
 
@@ -256,9 +267,7 @@ def reliability_plot(calibrator: Calibrator, features: np.ndarray, grades: np.nd
                 [truth[which == b].mean() for b in used], "o-")
         ax.set(xlabel=f"predicted {label}", ylabel="judged (mean per bin)", title=label)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 @dataclass

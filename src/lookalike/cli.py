@@ -287,9 +287,12 @@ def compare(run_a: Path, run_b: Path, qrels_file: Path, metric_names: tuple[str,
 @click.option("--threshold", default=1, show_default=True, type=int)
 @click.option("--report", type=click.Path(path_type=Path),
               help="Folder for run.txt, metrics.json and per_query.csv.")
+@click.option("--calibration", type=click.Choice(["ordinal", "isotonic"]),
+              help="Also fit a grade calibration on half of the queries and add its "
+              "held-out figures to the report (the collection is not changed).")
 def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
                      labelled: Path | None, metric_names: tuple[str, ...], k: int,
-                     threshold: int, report: Path | None) -> None:
+                     threshold: int, report: Path | None, calibration: str | None) -> None:
     """Search COLLECTION with every query and score the results against QRELS, or run a
     leave-one-out evaluation of a labelled folder."""
     from lookalike.collection import Collection
@@ -311,8 +314,15 @@ def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
         with Collection.open(collection) as coll:
             result = evaluate_collection(coll, parsed, judged, k=k, threshold=threshold,
                                          metrics=names)
+            if calibration is not None:
+                from lookalike.calibration import calibrate_collection
+
+                fitted = calibrate_collection(coll, parsed, judged,
+                                              model=calibration)  # type: ignore[arg-type]
+    if calibration is not None and (labelled is not None or report is None):
+        raise click.UsageError("--calibration needs --queries, --qrels and --report")
     if report is not None:
-        write_report(result, report)
+        write_report(result, report, calibration=fitted if calibration else None)
     for name, value in result.mean.items():
         click.echo(f"{name:<12} {value:.4f}")
 

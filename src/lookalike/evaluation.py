@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.calibration import CalibrationRun
 from lookalike.collection import Collection, Hit
 from lookalike.errors import LookalikeError
 from lookalike.images import Box
@@ -80,9 +81,11 @@ def leave_one_out(collection: Collection, *, metrics: Sequence[str] = DEFAULT_ME
     return Evaluation(hits, per_query, mean(per_query), qrels, images)
 
 
-def write_report(result: Evaluation, folder: Path) -> None:
+def write_report(result: Evaluation, folder: Path, *,
+                 calibration: CalibrationRun | None = None) -> None:
     """`run.txt` (TREC), `metrics.json` (means), `per_query.csv`, and `report.html` with
-    plots when matplotlib is installed (`pip install lookalike[report]`)."""
+    plots when matplotlib is installed (`pip install lookalike[report]`); with a
+    `calibration`, its held-out figures go into `calibration.json` and the page."""
     folder.mkdir(parents=True, exist_ok=True)
     write_run(folder / "run.txt", result.hits)
     queries = sorted({q for values in result.per_query.values() for q in values})
@@ -94,8 +97,10 @@ def write_report(result: Evaluation, folder: Path) -> None:
         writer.writerow(["query", *result.per_query])
         for qid in queries:
             writer.writerow([qid, *(f"{v[qid]:.6f}" for v in result.per_query.values())])
+    if calibration is not None:
+        (folder / "calibration.json").write_text(json.dumps(calibration.report, indent=2))
     try:
         from lookalike.report import write_html_report
     except ImportError:
         return
-    write_html_report(result, folder / "report.html")
+    write_html_report(result, folder / "report.html", calibration)

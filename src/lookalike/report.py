@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lookalike.atomic import atomic_write
+from lookalike.calibration import CalibrationRun, reliability_figure
 from lookalike.evaluation import Evaluation
 from lookalike.images import decode, thumbnail_uri
 from lookalike.metrics import Metric, per_query, rank
@@ -86,7 +88,20 @@ def _query_rows(result: Evaluation, qids: list[str], metric: str) -> str:
     return "\n".join(parts)
 
 
-def write_html_report(result: Evaluation, path: Path) -> None:
+def _calibration_section(run: CalibrationRun | None) -> str:
+    if run is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+        for k, v in run.report.items())
+    figure = _figure_uri(reliability_figure(run.calibrator, *run.test))
+    return (f"<h2>Calibrated grades ({html.escape(run.report['model'])}, held-out queries)"
+            f"</h2><table>{rows}</table><figure class='plot'><img src='{figure}'>"
+            "<figcaption>Reliability: predicted vs judged</figcaption></figure>")
+
+
+def write_html_report(result: Evaluation, path: Path,
+                      calibration: CalibrationRun | None = None) -> None:
     metric = "map" if "map" in result.per_query else next(iter(result.per_query))
     order = sorted(result.per_query[metric], key=result.per_query[metric].__getitem__)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
@@ -100,7 +115,7 @@ margin:0 6px 6px 0;text-align:center;font-size:11px}}figure img{{display:block;
 margin:auto;min-width:64px;image-rendering:pixelated}}.q{{background:#eef;padding:4px}}
 .plot img{{max-width:460px}}</style>
 <h1>lookalike evaluation</h1><p>{len(order)} queries</p><table>{rows}</table>
-<h2>Plots</h2>{plots}
+<h2>Plots</h2>{plots}{_calibration_section(calibration)}
 <h2>Best queries by {metric}</h2>{_query_rows(result, order[::-1][:SHOWN_QUERIES], metric)}
 <h2>Worst queries by {metric}</h2>{_query_rows(result, order[:SHOWN_QUERIES], metric)}
 """
