@@ -180,7 +180,8 @@ class StoredIndex:
                 valid = found >= 0
                 valid[valid] = self._alive[found[valid]]
                 short = valid.sum(axis=1) < min(k, live_built)
-                if not short.any() or fetch >= self._built:
+                full = (found >= 0).sum(axis=1) == fetch  # short of structure, not of fetch
+                if not (short & full).any() or fetch >= self._built:
                     break
                 fetch = min(self._built, fetch * 2)  # too many tombstones among these
             found = np.where(valid, found, -1)
