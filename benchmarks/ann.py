@@ -5,6 +5,7 @@ same run: through lookalike (`index.search`, which re-scores candidates exactly 
 tombstones) and as the raw library call on the same structure: the overhead, side by side.
 
     python benchmarks/ann.py --n 1000000 --plot benchmarks/ann_pareto.png
+    python benchmarks/ann.py --collection COLL     # the real vectors of a collection
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def clustered(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     return draw(n), draw(queries)
+
+
+def collection_vectors(path: str, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """A collection's stored vectors, `queries` of them (seeded) held out."""
+    from lookalike import Collection
+
+    with Collection.open(path) as coll:
+        _, vectors, _, _ = coll.catalog.all_vectors(coll.dim)
+    held = np.random.default_rng(0).permutation(len(vectors))
+    return vectors[held[queries:]], vectors[held[:queries]]
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -112,12 +123,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="spec prefixes to run (default: all)")
     parser.add_argument("--plot", help="write the recall/QPS Pareto front here (PNG)")
+    parser.add_argument("--collection", help="use this collection's vectors instead "
+                        "(--queries of them held out as queries)")
     args = parser.parse_args()
-    data, queries = clustered(args.n, args.dim, args.queries)
+    if args.collection:
+        data, queries = collection_vectors(args.collection, args.queries)
+        args.n, args.dim = data.shape
+    else:
+        data, queries = clustered(args.n, args.dim, args.queries)
     ids = np.arange(args.n, dtype=np.int64)
     nlist = 2 ** round(np.log2(np.sqrt(args.n)))
     k = 10
-    print(f"{args.n} x {args.dim}-d clustered vectors, {args.queries} queries, k={k}, "
+    source = args.collection or "clustered"
+    print(f"{args.n} x {args.dim}-d {source} vectors, {args.queries} queries, k={k}, "
           f"1 thread, median of {args.repeats}\n")
     print("| spec | option | build s | bytes/vector | recall@10 | QPS | raw QPS | ours/raw |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
