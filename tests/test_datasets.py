@@ -105,3 +105,33 @@ def test_emoji_set_when_installed(tmp_path: Path) -> None:
     assert not set(splits["test"]) & set(splits["train"])
     qrels = read_qrels(out / "qrels.txt")
     assert sum(1 for docs in qrels.values() for g in docs.values() if g == 5) == 10
+
+
+def test_revisited_ground_truth(tmp_path: Path) -> None:
+    import pickle
+
+    from PIL import Image
+
+    from lookalike.datasets.loaders import revisited_judgements
+
+    jpg = tmp_path / "jpg"
+    jpg.mkdir()
+    for name in ("all_souls_1", "all_souls_2", "radcliffe_1", "query_1"):
+        Image.new("RGB", (40, 30)).save(jpg / f"{name}.jpg")
+    gnd = {"imlist": ["all_souls_1", "all_souls_2", "radcliffe_1"], "qimlist": ["query_1"],
+           "gnd": [{"bbx": [2.4, 3.6, 50.0, 20.2], "easy": np.array([0]),
+                    "hard": np.array([1]), "junk": np.array([2])}]}
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    out = revisited_judgements(jpg, tmp_path / "gnd.pkl", tmp_path / "j")
+    assert read_qrels(out / "qrels.txt") == {
+        "query_1": {"all_souls_1.jpg": 5, "all_souls_2.jpg": 3}}
+    (query,) = read_queries(out / "queries.jsonl")
+    assert query.crop == (2, 3, 40, 21)  # rounded outwards, clipped to the 40x30 image
+
+    class Sneaky:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("ran",))
+
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps({"imlist": Sneaky()}))
+    with pytest.raises(LookalikeError, match=r"bad.pkl: not a revisited .*builtins.print"):
+        revisited_judgements(jpg, tmp_path / "bad.pkl", tmp_path / "b")

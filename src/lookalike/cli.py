@@ -346,17 +346,27 @@ def dataset(name: str, out: Path, db_size: int, queries: int, seed: int) -> None
 @cli.command()
 @click.argument("root", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--layout", type=click.Choice(["classes", "ukbench"]), default="classes",
-              show_default=True, help="Class subfolders, or groups of consecutive images.")
+@click.option("--layout", type=click.Choice(["classes", "ukbench", "revisited"]),
+              default="classes", show_default=True,
+              help="Class subfolders, groups of consecutive images, or revisited Oxford/Paris.")
 @click.option("--group-size", default=4, show_default=True, type=click.IntRange(min=2))
-def judgements(root: Path, out: Path, layout: str, group_size: int) -> None:
+@click.option("--ground-truth", type=click.Path(path_type=Path),
+              help="The gnd_roxford5k.pkl / gnd_rparis6k.pkl file (--layout revisited).")
+def judgements(root: Path, out: Path, layout: str, group_size: int,
+               ground_truth: Path | None) -> None:
     """Write queries.jsonl and qrels.txt under OUT for the images under ROOT."""
-    from lookalike.datasets.loaders import class_folder_judgements, ukbench_judgements
+    from lookalike.datasets import loaders
 
     if not root.is_dir():
         raise LookalikeError(f"{root}: not a directory")
-    written = (class_folder_judgements(root, out) if layout == "classes"
-               else ukbench_judgements(root, out, group_size))
+    if layout == "revisited":
+        if ground_truth is None:
+            raise click.UsageError("--layout revisited needs --ground-truth FILE")
+        written = loaders.revisited_judgements(root, ground_truth, out)
+    elif layout == "ukbench":
+        written = loaders.ukbench_judgements(root, out, group_size)
+    else:
+        written = loaders.class_folder_judgements(root, out)
     click.echo(f"{written / 'queries.jsonl'}, {written / 'qrels.txt'}")
 
 
