@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Literal
 
@@ -98,6 +98,38 @@ class Ranked:
     grades: np.ndarray
     lengths: np.ndarray
     ideal: np.ndarray
+    _hits: dict[int, _Hits] = field(default_factory=dict, init=False, repr=False,
+                                    compare=False)
+
+    def hits(self, threshold: int) -> _Hits:
+        """Where the relevant documents sit, computed once per threshold and shared by
+        every binary metric."""
+        if threshold not in self._hits:
+            self._hits[threshold] = _Hits.locate(self, threshold)
+        return self._hits[threshold]
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """The relevant retrieved documents as sparse coordinates, row-major: binary metrics
+    then cost O(relevant retrieved), not O(queries x depth)."""
+
+    rows: np.ndarray  # query row of each relevant retrieved document
+    ranks: np.ndarray  # its 1-based rank
+    nth: np.ndarray  # 1 for the query's first relevant document, 2 for the second, ...
+    num_rel: np.ndarray  # per query: relevant documents in the qrels (R)
+
+    @classmethod
+    def locate(cls, ranked: Ranked, threshold: int) -> _Hits:
+        rows, cols = np.nonzero(ranked.grades >= threshold)
+        row_starts = np.searchsorted(rows, np.arange(len(ranked.grades)))
+        nth = np.arange(1, len(rows) + 1) - row_starts[rows]
+        num_rel = np.count_nonzero(ranked.ideal >= threshold, axis=1).astype(np.float64)
+        return cls(rows, cols + 1, nth, num_rel)
+
+    def count(self, within: np.ndarray, queries: int) -> np.ndarray:
+        """Per query, how many of its hits satisfy `within`."""
+        return np.bincount(self.rows[within], minlength=queries).astype(np.float64)
 
 
 def _flatten(run: Run, query_ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -177,59 +209,45 @@ def rank(run: Run, qrels: Qrels, *, complete: bool = False) -> Ranked:
     return Ranked(query_ids, ranked_grades, lengths, ideal)
 
 
-def _cut(matrix: np.ndarray, k: int | None) -> np.ndarray:
-    """The first k columns, zero padded when the matrix is narrower."""
-    if k is None:
-        return matrix
-    if matrix.shape[1] >= k:
-        return matrix[:, :k]
-    return np.pad(matrix, ((0, 0), (0, k - matrix.shape[1])))
-
-
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
 
 
-def _gain(grades: np.ndarray, gain: Gain) -> np.ndarray:
-    positive = np.maximum(grades, 0.0)
-    return np.exp2(positive) - 1.0 if gain == "exp" else positive
-
-
-def _dcg(grades: np.ndarray, gain: Gain) -> np.ndarray:
-    discounts = 1.0 / np.log2(np.arange(2, grades.shape[1] + 2))
-    return (_gain(grades, gain) * discounts).sum(axis=1)
+def _dcg(grades: np.ndarray, k: int | None, gain: Gain) -> np.ndarray:
+    top = grades[:, :k]
+    positive = np.maximum(top, 0.0)
+    gains = np.exp2(positive) - 1.0 if gain == "exp" else positive
+    return gains @ (1.0 / np.log2(np.arange(2, top.shape[1] + 2)))
 
 
 def per_query(ranked: Ranked, metric: Metric | str, *, threshold: int = 1,
               gain: Gain = "linear") -> np.ndarray:
     """One value per query row of `ranked`."""
     m = Metric.parse(metric) if isinstance(metric, str) else metric
-    relevant = (ranked.grades >= threshold).astype(np.float64)
-    num_rel = (ranked.ideal >= threshold).sum(axis=1).astype(np.float64)
+    if m.kind in ("dcg", "ndcg"):
+        dcg = _dcg(ranked.grades, m.k, gain)
+        return dcg if m.kind == "dcg" else _safe_div(dcg, _dcg(ranked.ideal, m.k, gain))
+    hits, queries = ranked.hits(threshold), len(ranked.grades)
+    within = hits.ranks <= (m.k or ranked.grades.shape[1])
     if m.kind == "p":
         assert m.k is not None
-        return _cut(relevant, m.k).sum(axis=1) / m.k
+        return hits.count(within, queries) / m.k
     if m.kind == "r":
-        return _safe_div(_cut(relevant, m.k).sum(axis=1), num_rel)
+        return _safe_div(hits.count(within, queries), hits.num_rel)
     if m.kind == "success":
-        return (_cut(relevant, m.k).sum(axis=1) > 0).astype(np.float64)
+        return (hits.count(within, queries) > 0).astype(np.float64)
     if m.kind == "mrr":
-        hits = _cut(relevant, m.k)
-        first = np.argmax(hits > 0, axis=1)
-        found = hits.max(axis=1, initial=0) > 0
-        return np.where(found, 1.0 / (first + 1.0), 0.0)
+        first = within & (hits.nth == 1)
+        out = np.zeros(queries)
+        out[hits.rows[first]] = 1.0 / hits.ranks[first]
+        return out
     if m.kind == "map":
-        hits = _cut(relevant, m.k)
-        precision_at = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
-        return _safe_div((precision_at * hits).sum(axis=1), num_rel)
+        precision_at = hits.nth[within] / hits.ranks[within]
+        sums = np.bincount(hits.rows[within], weights=precision_at, minlength=queries)
+        return _safe_div(sums, hits.num_rel)
     if m.kind == "rprec":
-        cum = np.cumsum(relevant, axis=1)
-        at = np.clip(num_rel.astype(np.int64), 1, relevant.shape[1]) - 1
-        return _safe_div(np.take_along_axis(cum, at[:, None], axis=1)[:, 0], num_rel)
-    if m.kind == "dcg":
-        return _dcg(_cut(ranked.grades, m.k), gain)
-    if m.kind == "ndcg":
-        return _safe_div(_dcg(_cut(ranked.grades, m.k), gain), _dcg(_cut(ranked.ideal, m.k), gain))
+        return _safe_div(hits.count(hits.ranks <= hits.num_rel[hits.rows], queries),
+                         hits.num_rel)
     raise MetricError(f"unknown metric {m}")  # pragma: no cover - parse() guards
 
 
