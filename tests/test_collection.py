@@ -150,11 +150,59 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
     plain.index_folder(root)
     assert best.score > plain.search(query, k=1)[0].score + 0.1
 
+    # The other way round: a collage as the query, split into regions, finds a single photo
+    # better than its whole-image vector does.
+    singles = Collection.create(tmp_path / "singles", encoder=encoder)
+    photos[5].save(root / "single.jpg")
+    singles.index_folder(root)
+    collage = root / "collage1.jpg"
+    split = singles.search(collage, k=len(singles), query_regions="grid:2")
+    whole = singles.search(collage, k=len(singles))
+    assert [h.id for h in split] != [h.id for h in whole]
+    score = {h.id: h.score for h in split}
+    assert score["single.jpg"] > {h.id: h.score for h in whole}["single.jpg"] + 0.1
+    assert split[0].box == (0, 0, 600, 600)  # boxes stay in the indexed image
+    (root / "single.jpg").unlink()
+    coll.index_folder(root)
+    assert coll.vector_count() == 4 * 14
+
     (root / best.id).unlink()
     coll.index_folder(root)
     assert coll.vector_count() == 3 * 14
     with pytest.raises(LookalikeError, match="unknown regions spec"):
         Collection.create(tmp_path / "bad", encoder=encoder, regions="grid:9")
+
+
+def test_proposals_follow_the_activations_and_find_a_small_detail(tmp_path: Path, samples,  # type: ignore[no-untyped-def]
+                                                                   encoder) -> None:
+    """A photo pasted at a quarter of the side onto a plain canvas: a proposal box lands on
+    it, and the photo as a query finds its canvas through that region, beating the global
+    vector."""
+    from PIL import Image
+
+    root = tmp_path / "canvases"
+    root.mkdir()
+    spots = [(40, 300), (330, 60), (200, 200), (20, 20)]
+    for i, (x, y) in enumerate(spots):
+        canvas = Image.new("RGB", (600, 600), (128 + 20 * i, 128, 128))
+        canvas.paste(Image.open(samples[i]).convert("RGB").resize((150, 150)), (x, y))
+        canvas.save(root / f"canvas{i}.png")
+    coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="proposals:4")
+    assert coll.manifest["regions"] == "proposals:4"
+    coll.index_folder(root)
+    assert coll.vector_count() == 4 * 5
+    for i, (x, y) in enumerate(spots):
+        boxes = [r.box for r in coll.catalog.vector_rows(f"canvas{i}.png")[1:]]
+        assert len(boxes) == 4
+        inside = [max(0, min(b[2], x + 150) - max(b[0], x)) * max(0, min(b[3], y + 150)
+                                                                 - max(b[1], y)) for b in boxes]
+        assert max(inside) >= 0.6 * 150 * 150  # some proposal covers most of the photo
+
+    hits = coll.search(Image.open(samples[1]).convert("RGB"), k=4)
+    assert hits[0].id == "canvas1.png" and hits[0].box != (0, 0, 600, 600)
+    plain = Collection.create(tmp_path / "plain", encoder=encoder)
+    plain.index_folder(root)
+    assert hits[0].score > plain.search(Image.open(samples[1]).convert("RGB"), k=1)[0].score
 
 
 def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]

@@ -112,10 +112,13 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
               help="Shortlist re-scored exactly (pq, lsh, scann).")
 @click.option("--min-grade", type=click.FloatRange(0, 5),
               help="Keep hits whose calibrated grade is at least this (needs `calibrate`).")
+@click.option("--query-regions", default="none", show_default=True,
+              help="Also search with regions of the query (grid:2, proposals:4...): for "
+                   "partial copies and queries showing the target among other things.")
 def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
            metric: str, as_json: bool, queries: Path | None, run_path: Path | None,
            nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None,
-           min_grade: float | None) -> None:
+           min_grade: float | None, query_regions: str) -> None:
     """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
     from lookalike.collection import Collection
     from lookalike.trec import read_queries, write_run
@@ -133,12 +136,13 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
             parsed = read_queries(queries)
             items = [(q.image, q.crop) if q.crop else q.image for q in parsed]
             results = coll.search_many(items, k=k, metric=metric,  # type: ignore[arg-type]
-                                       options=options, min_grade=min_grade)
+                                       options=options, min_grade=min_grade,
+                                       query_regions=query_regions)
             write_run(run_path, {q.id: hits for q, hits in zip(parsed, results, strict=True)})
             click.echo(f"{run_path}: {len(parsed)} queries, top {k} each")
             return
         hits = coll.search(image, crop=crop, like=like, k=k, metric=metric,  # type: ignore[arg-type]
-                           options=options, min_grade=min_grade)
+                           options=options, min_grade=min_grade, query_regions=query_regions)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return

@@ -30,7 +30,7 @@ from lookalike.calibration import Calibrator
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
-from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource
+from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource, decode
 from lookalike.index import IndexError_, VectorIndex, create_index, load_index
 from lookalike.index.spec import Number
 from lookalike.regions import parse_regions
@@ -126,7 +126,8 @@ class Collection:
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
-        parse_regions(regions)
+        parsed = parse_regions(regions)
+        regions = str(parsed) if parsed else "none"  # normalised: grid -> grid:3
         enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
         index = create_index(index, enc.dim).spec  # validated and normalised first
         path.mkdir(parents=True, exist_ok=True)
@@ -395,9 +396,16 @@ class Collection:
     def search(self, image: ImageSource | None = None, *, crop: Box | None = None,
                like: str | None = None, k: int = 10, metric: Metric = "cosine",
                options: Mapping[str, Number] | None = None,
-               min_grade: float | None = None) -> list[Hit]:
+               min_grade: float | None = None, query_regions: str = "none") -> list[Hit]:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
-        indexed id (`like`, which is left out of its own results)."""
+        indexed id (`like`, which is left out of its own results). `query_regions`
+        (a regions spec) also searches with regions of the query image."""
+        if like is None and query_regions != "none":
+            if image is None:
+                raise LookalikeError("nothing to search for: give an image or an indexed id")
+            item: EncodeInput = (image, crop) if crop is not None else image
+            return self.search_many([item], k=k, metric=metric, options=options,
+                                    min_grade=min_grade, query_regions=query_regions)[0]
         query = self.query_vector(image, crop=crop, like=like)
         exclude = {like} if like else set()
         return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude],
@@ -406,11 +414,38 @@ class Collection:
     def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
                     metric: Metric = "cosine", progress: bool = False,
                     options: Mapping[str, Number] | None = None,
-                    min_grade: float | None = None) -> list[list[Hit]]:
-        """Batch search: images or `(image, box)` crops, embedded in batches."""
-        vectors = self.encoder.encode(list(items), progress=progress)
-        return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric,
-                                   options=options, min_grade=min_grade)
+                    min_grade: float | None = None, query_regions: str = "none"
+                    ) -> list[list[Hit]]:
+        """Batch search: images or `(image, box)` crops, embedded in batches. With
+        `query_regions` (`grid:2`, `proposals:4`...), each query's regions search too and an
+        image scores by its best match with any of them: for partial copies, and for
+        queries that show the target among other things."""
+        regions = parse_regions(query_regions)
+        if regions is None:
+            vectors = self.encoder.encode(list(items), progress=progress)
+            return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric,
+                                       options=options, min_grade=min_grade)
+        # A crop query is split like a whole image: cut it out first.
+        images = [decode(i[0]).crop(i[1]) if isinstance(i, tuple) else i for i in items]
+        owners: list[int] = []
+        vectors_list: list[np.ndarray] = []
+        for batch in self.encoder.iter_batches(images, progress=progress, regions=regions):
+            if batch.failures:
+                raise batch.failures[0][1]
+            for i, pos in enumerate(batch.positions):
+                own = np.concatenate([batch.vectors[i][None], batch.region_vectors[i]])
+                vectors_list.append(own)
+                owners += [pos] * len(own)
+        order = np.argsort(owners, kind="stable")
+        vectors = np.concatenate(vectors_list)[order]
+        owner_of = np.asarray(owners)[order]
+        wanted = self._wanted(k, min_grade)
+        rows = self._nearest(vectors, wanted, None, options)
+        merged: list[list[Hit]] = [[] for _ in items]
+        for row, hits in zip(owner_of.tolist(), rows, strict=True):
+            merged[row] += hits
+        best = [_best_per_image(hits)[:wanted] for hits in merged]
+        return [self._finish(hits, k, metric, min_grade) for hits in best]
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
                        exclude: Sequence[set[str]] | None = None,
@@ -420,15 +455,25 @@ class Collection:
         by its best-matching vector, whose box it carries. `options` are the index's
         search options (`nprobe`, `ef`, `search_k`, `rerank`...). A calibrated collection
         adds each hit's grade; `min_grade` then keeps the hits graded at least that."""
+        wanted = self._wanted(k, min_grade)
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        rows = self._nearest(queries, wanted, exclude, options)
+        return [self._finish(hits, k, metric, min_grade) for hits in rows]
+
+    def _wanted(self, k: int, min_grade: float | None) -> int:
+        """How many hits a query needs before grading: the calibration sees its depth."""
         if k <= 0:
             raise LookalikeError(f"k must be a positive integer, got {k}")
         calibration = self.calibration
         if min_grade is not None and calibration is None:
             raise LookalikeError(f"{self.path}: not calibrated, so no grades to filter on; "
                                  "run `lookalike calibrate` first")
-        wanted = max(k, calibration.depth) if calibration else k
+        return max(k, calibration.depth) if calibration else k
+
+    def _nearest(self, queries: np.ndarray, wanted: int, exclude: Sequence[set[str]] | None,
+                 options: Mapping[str, Number] | None) -> list[list[Hit]]:
+        """Per query, the `wanted` best images (cosine scores), each by its best vector."""
         index = self._load_index()
         if len(index) == 0:
             return [[] for _ in range(len(queries))]
@@ -455,11 +500,25 @@ class Collection:
                                 float(score), box))
                 if len(hits) == wanted:
                     break
-            if calibration is not None:
-                hits = _graded(hits, calibration, min_grade)
-            results.append([replace(h, rank=rank, score=_metric_score(h.score, metric))
-                            for rank, h in enumerate(hits[:k], start=1)])
+            results.append(hits)
         return results
+
+    def _finish(self, hits: list[Hit], k: int, metric: Metric, min_grade: float | None
+                ) -> list[Hit]:
+        """Grades (when calibrated), the cut to k, ranks, and scores in `metric`."""
+        if self.calibration is not None:
+            hits = _graded(hits, self.calibration, min_grade)
+        return [replace(h, rank=rank, score=_metric_score(h.score, metric))
+                for rank, h in enumerate(hits[:k], start=1)]
+
+
+def _best_per_image(hits: list[Hit]) -> list[Hit]:
+    """One hit an image, its best-scoring one, best first."""
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        if hit.id not in best or hit.score > best[hit.id].score:
+            best[hit.id] = hit
+    return sorted(best.values(), key=lambda h: -h.score)
 
 
 def _graded(hits: list[Hit], calibration: Calibrator, min_grade: float | None) -> list[Hit]:

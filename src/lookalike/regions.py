@@ -1,21 +1,59 @@
-"""Which sub-regions of each database image get their own vector, so that a crop query can
-find the image that contains it (one global vector averages the detail away).
+"""Which sub-regions of an image get their own vector, so that a crop query can find the
+image that contains it (one global vector averages the detail away).
 
-Specs: `none` (whole image only), `grid` (= `grid:3`), `grid:N` — square-ish windows on
-an n x n grid with 50 % overlap for every n = 2..N. `grid:3` adds 4 + 9 = 13 regions an
-image, so a collection holds 14 vectors an image: 14 x dim x 4 bytes (72 KB at 1280-d);
-a million images need 72 GB as float32, which is where PQ compression (the ANN issue)
-comes in.
+Specs (`lookalike index --regions SPEC`):
+
+- `none`: the whole image only.
+- `grid` (= `grid:3`), `grid:N`: for every n = 2..N, an n x n grid of windows of 2/(n+1) of
+  each side at 50 % overlap. `grid:3` adds 4 + 9 = 13 regions an image.
+- `proposals` (= `proposals:8`), `proposals:N`: the N windows (25-70 % of the side) where
+  the backbone's own last feature map is most active relative to the image's mean, picked
+  greedily with at most 30 % overlap (IoU) between any two: details the network finds
+  salient, at the scales crops are taken at, for N extra vectors an image.
+
+Every region is embedded from its own crop of the decoded image (a region pooled from the
+global feature map was measured and found far weaker: see benchmarks/RESULTS.md). Memory:
+(1 + regions) x dim x 4 bytes an image as float32 (72 KB at 1280-d for `grid:3`); a million
+images need 72 GB, which is where PQ codes (`--index ivf4096,pq64`, 40 bytes a vector)
+come in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.images import Box
 
-RegionFn = Callable[[tuple[int, int]], list[Box]]
+PROPOSAL_SCALES = (0.25, 0.35, 0.5, 0.7)
+PROPOSAL_MAX_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class Regions:
+    """A parsed regions spec: `kind` is grid or proposals, `count` the grid's levels or the
+    number of proposals."""
+
+    kind: str
+    count: int
+
+    @property
+    def needs_activations(self) -> bool:
+        """Proposals are chosen from the backbone's activation map of the whole image."""
+        return self.kind == "proposals"
+
+    def boxes(self, size: tuple[int, int], activations: np.ndarray | None = None
+              ) -> list[Box]:
+        if self.kind == "grid":
+            return grid_boxes(size, self.count)
+        if activations is None:
+            raise ValueError("proposals need the image's activation map")
+        return proposal_boxes(activations, size, self.count)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}"
 
 
 def grid_boxes(size: tuple[int, int], levels: int = 3) -> list[Box]:
@@ -32,16 +70,69 @@ def grid_boxes(size: tuple[int, int], levels: int = 3) -> list[Box]:
     return boxes
 
 
-def parse_regions(spec: str) -> RegionFn | None:
-    """`none` -> None; `grid` / `grid:N` -> a function from image size to boxes."""
+def _candidates() -> np.ndarray:
+    """Windows as fractions of the image (x0, y0, x1, y1), at every scale on a half-window
+    stride."""
+    out = []
+    for scale in PROPOSAL_SCALES:
+        starts = np.arange(0.0, 1.0 - scale + 1e-9, scale / 2)
+        if starts[-1] < 1.0 - scale - 1e-9:
+            starts = np.append(starts, 1.0 - scale)
+        out += [(x, y, x + scale, y + scale) for y in starts for x in starts]
+    return np.asarray(out)
+
+
+def _coverage(lo: np.ndarray, hi: np.ndarray, cells: int) -> np.ndarray:
+    """(windows, cells): the fraction of each map cell inside each window's [lo, hi)."""
+    edges = np.arange(cells + 1) / cells
+    inside = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
+    return np.clip(inside, 0.0, None) * cells
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0,
+                     None)
+    inter = width * height
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / (area + areas - inter)
+
+
+def proposal_boxes(activations: np.ndarray, size: tuple[int, int], count: int) -> list[Box]:
+    """The `count` candidate windows with the highest mean activation, greedily, skipping
+    any that overlaps an already chosen one by more than `PROPOSAL_MAX_IOU`."""
+    saliency = np.clip(np.asarray(activations, np.float64), 0.0, None)
+    rows, cols = saliency.shape
+    windows = _candidates()
+    wx = _coverage(windows[:, 0], windows[:, 2], cols)
+    wy = _coverage(windows[:, 1], windows[:, 3], rows)
+    scores = np.einsum("wi,ij,wj->w", wy, saliency, wx) / (wy.sum(1) * wx.sum(1))
+    chosen: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not chosen or _iou(windows[i], windows[chosen]).max() <= PROPOSAL_MAX_IOU:
+            chosen.append(int(i))
+            if len(chosen) == count:
+                break
+    width, height = size
+    boxes = []
+    for x0, y0, x1, y1 in windows[chosen]:
+        box = (int(x0 * width), int(y0 * height), max(int(x0 * width) + 1, round(x1 * width)),
+               max(int(y0 * height) + 1, round(y1 * height)))
+        boxes.append(box)
+    return boxes
+
+
+def parse_regions(spec: str) -> Regions | None:
+    """`none` -> None; `grid[:N]` (N from 2 to 6) or `proposals[:N]` (N from 1 to 32)."""
     text = spec.strip().lower()
     if text == "none":
         return None
-    if text == "grid":
-        text = "grid:3"
     name, _, arg = text.partition(":")
-    if name == "grid" and arg.isdigit() and 2 <= int(arg) <= 6:
-        levels = int(arg)
-        return lambda size: grid_boxes(size, levels)
-    raise LookalikeError(f"unknown regions spec {spec!r}; expected none, grid or grid:N "
-                         "with N from 2 to 6")
+    default = {"grid": 3, "proposals": 8}
+    if name in default and (not arg or arg.isdigit()):
+        count = int(arg) if arg else default[name]
+        if (name == "grid" and 2 <= count <= 6) or (name == "proposals" and 1 <= count <= 32):
+            return Regions(name, count)
+    raise LookalikeError(f"unknown regions spec {spec!r}; expected none, grid:N with N from 2 "
+                         "to 6, or proposals:N with N from 1 to 32")

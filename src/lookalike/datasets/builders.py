@@ -11,6 +11,8 @@
   Grades: 5 same class; 2 same garment group; 0 otherwise. The groups: tops (T-shirt/top,
   Pullover, Coat, Shirt), footwear (Sandal, Sneaker, Ankle boot), and Trouser, Dress, Bag
   alone.
+- `photo-crops`: crops and partial copies of tiles of Debian's wallpaper photos, to find
+  their source tile (see `lookalike.datasets.crops`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lookalike.datasets.crops import build_photo_crops
 from lookalike.datasets.layout import stratified_pick, write_set
 from lookalike.errors import LookalikeError
 from lookalike.images import to_rgb
@@ -156,4 +159,5 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "digits": build_digits,
     "emoji": build_emoji,
     "fashion-mnist": build_fashion_mnist,
+    "photo-crops": build_photo_crops,
 }

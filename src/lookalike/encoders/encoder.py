@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal, cast
 
@@ -20,7 +21,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from lookalike.encoders.heads import L2Normalized, PixelNormalize
+from lookalike.encoders.heads import L2Normalized, PixelNormalize, WithActivations
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
 from lookalike.encoders.runtime import (
@@ -32,8 +33,8 @@ from lookalike.encoders.runtime import (
 )
 from lookalike.encoders.weights import fingerprint
 from lookalike.errors import ImageError, LookalikeError
-from lookalike.images import Box, ImageSource, decode
-from lookalike.regions import RegionFn
+from lookalike.images import Box, DecodedImage, ImageSource, decode
+from lookalike.regions import Regions
 
 #: An image, or an image and the box to crop from it.
 EncodeInput = ImageSource | tuple[ImageSource, Box]
@@ -55,11 +56,13 @@ class EncodedBatch:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One decoded input: (1 + regions, S, S, 3) uint8 pixels, the whole image first."""
+    """One decoded input: (1 + regions, S, S, 3) uint8 pixels, the whole image first; the
+    decoded image is kept while its regions are still to be chosen (proposals)."""
 
     pixels: np.ndarray
     size: tuple[int, int]
     boxes: list[Box]
+    decoded: DecodedImage | None = None
 
 
 class Encoder:
@@ -71,6 +74,7 @@ class Encoder:
         self.module = module
         self.backend = backend
         self.fingerprint = weights_sha256 or fingerprint(module)
+        self._with_activations: Backend | None = None
 
     @property
     def name(self) -> str:
@@ -93,7 +97,7 @@ class Encoder:
             "preprocess": self.preprocess.to_dict(),
         }
 
-    def prepare(self, item: EncodeInput, regions: RegionFn | None = None) -> Prepared:
+    def prepare(self, item: EncodeInput, regions: Regions | None = None) -> Prepared:
         """Decode one input once; model-ready pixels for it (or its crop box) and, when
         `regions` is given, for each region box, cut from the same decoded pixels."""
         if isinstance(item, tuple):
@@ -103,10 +107,44 @@ class Encoder:
         size = self.preprocess.size
         # Regions are smaller than the image: decode enough detail for them too.
         decoded = decode(item, draft_size=size * 2 if regions else size)
-        boxes = regions(decoded.full_size) if regions else []
-        crops = [self.preprocess(decoded.crop(b)) for b in boxes]
-        return Prepared(np.stack([self.preprocess(decoded.image), *crops]), decoded.full_size,
-                        boxes)
+        whole = self.preprocess(decoded.image)[None]
+        if regions is not None and regions.needs_activations:
+            return Prepared(whole, decoded.full_size, [], decoded)
+        boxes = regions.boxes(decoded.full_size) if regions else []
+        return Prepared(np.concatenate([whole, *self._crops(decoded, boxes)]),
+                        decoded.full_size, boxes)
+
+    def _crops(self, decoded: DecodedImage, boxes: list[Box]) -> list[np.ndarray]:
+        return [self.preprocess(decoded.crop(b))[None] for b in boxes]
+
+    def embed_with_activations(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and the (B, h, w) activation maps of the backbone's last feature map, from
+        one forward pass (a second graph, built on first use)."""
+        if self._with_activations is None:
+            size = self.preprocess.size
+            module = WithActivations(self.module, size)
+            if isinstance(self.backend, TorchBackend):
+                self._with_activations = TorchBackend(module, str(self.backend.device))
+            else:
+                path = onnx_path(f"{self.name}+activations", self.fingerprint)
+                self._with_activations = OnnxBackend(
+                    export_onnx(module, size, path, outputs=("embedding", "activations")))
+        vectors, maps = self._with_activations.run(np.ascontiguousarray(pixels, np.uint8))
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), maps
+
+    def _propose(self, prepared: list[Prepared], regions: Regions, pool: ThreadPoolExecutor
+                 ) -> tuple[list[Prepared], np.ndarray]:
+        """Embed the whole images, choose each one's regions from its activation map, and
+        cut them out."""
+        whole, maps = self.embed_with_activations(np.concatenate([p.pixels for p in prepared]))
+
+        def cut(p: Prepared, activations: np.ndarray) -> Prepared:
+            assert p.decoded is not None
+            boxes = regions.boxes(p.size, activations)
+            return Prepared(np.concatenate([p.pixels, *self._crops(p.decoded, boxes)]),
+                            p.size, boxes)
+
+        return list(pool.map(cut, prepared, maps)), whole
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The bare forward pass on a batch of prepared (B, S, S, 3) uint8 pixels."""
@@ -121,7 +159,7 @@ class Encoder:
         batch_size: int = 32,
         workers: int | None = None,
         progress: bool = False,
-        regions: RegionFn | None = None,
+        regions: Regions | None = None,
     ) -> Iterator[EncodedBatch]:
         """Encode `items` batch by batch (and the `regions` of each); a bad image is
         reported, not raised."""
@@ -153,17 +191,23 @@ class Encoder:
                         positions.append(pos)
                     except ImageError as exc:
                         failures.append((pos, exc))
-                all_vectors = (
-                    self.embed_pixels(np.concatenate([p.pixels for p in prepared]))
-                    if prepared else np.empty((0, self.dim), np.float32)
-                )
-                starts = np.cumsum([0] + [len(p.pixels) for p in prepared])[:-1]
+                whole: np.ndarray | None = None
+                if regions is not None and regions.needs_activations and prepared:
+                    prepared, whole = self._propose(prepared, regions, pool)
+                # One forward pass for the batch's whole images and regions (the whole images
+                # are already embedded when their activations chose the regions).
+                skip = 0 if whole is None else 1
+                pixels = [p.pixels[skip:] for p in prepared]
+                flat = (self.embed_pixels(np.concatenate(pixels)) if prepared
+                        else np.empty((0, self.dim), np.float32))
+                starts = np.cumsum([0] + [len(x) for x in pixels])
+                if whole is None:
+                    whole = flat[starts[:-1]]
                 bar.update(len(positions) + len(failures))
                 yield EncodedBatch(
-                    positions, all_vectors[starts], [p.size for p in prepared], failures,
+                    positions, whole, [p.size for p in prepared], failures,
                     [p.boxes for p in prepared],
-                    [all_vectors[s + 1: s + len(p.pixels)]
-                     for s, p in zip(starts, prepared, strict=True)],
+                    [flat[start + 1 - skip: end] for start, end in pairwise(starts)],
                 )
         bar.close()
 

@@ -69,3 +69,43 @@ class PixelNormalize(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float()
         return x * self.scale - self.shift
+
+
+class WithActivations(nn.Module):
+    """The embedding network, returning also where it was active: the channel sum of its
+    last spatial feature map, (B, h, w), from the same forward pass. Region proposals are
+    chosen from it (`lookalike.regions`)."""
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.layer = _last_spatial_layer(net, size)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hook = self.net.get_submodule(self.layer).register_forward_hook(
+            lambda _m, _i, out: captured.append(out))
+        try:
+            embedding = self.net(pixels)
+        finally:
+            hook.remove()
+        return embedding, captured[-1].clamp(min=0).sum(dim=1)
+
+
+def _last_spatial_layer(net: nn.Module, size: int) -> str:
+    """The name of the last module whose output is a (B, C, h, w) map with h, w > 1: the
+    final convolutional stage of a CNN (a ViT's patch embedding)."""
+    produced: list[str] = []
+    hooks = [module.register_forward_hook(
+        lambda _m, _i, out, name=name: produced.append(name)
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1 else None)
+        for name, module in net.named_modules() if name and not list(module.children())]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not produced:
+        raise ValueError("the network has no spatial feature map to propose regions from")
+    return produced[-1]

@@ -36,6 +36,10 @@ class Backend(Protocol):
         """(B, S, S, 3) uint8 -> (B, D) float32 unit rows."""
         ...
 
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Every output of the network, as float32 arrays."""
+        ...
+
 
 class TorchBackend:
     name = "torch"
@@ -44,12 +48,16 @@ class TorchBackend:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
 
-    @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.run(pixels)[0]
+
+    @torch.inference_mode()
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             out = self.module(batch)
-        return out.float().cpu().numpy()
+        outputs = out if isinstance(out, tuple) else (out,)
+        return [o.float().cpu().numpy() for o in outputs]
 
 
 class OnnxBackend:
@@ -68,8 +76,11 @@ class OnnxBackend:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: pixels})
-        return np.asarray(out, dtype=np.float32)
+        return self.run(pixels)[0]
+
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        outputs = self.session.run(None, {self.input_name: pixels})
+        return [np.asarray(out, dtype=np.float32) for out in outputs]
 
 
 def onnx_path(encoder_name: str, weights_fingerprint: str) -> Path:
@@ -112,7 +123,8 @@ def freeze_same_padding(module: nn.Module, size: int) -> nn.Module:
     return module
 
 
-def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
+def export_onnx(module: nn.Module, size: int, path: Path,
+                outputs: tuple[str, ...] = ("embedding",)) -> Path:
     """Export `module` (batch dimension dynamic) to `path` unless it is already there."""
     if path.is_file():
         return path
@@ -125,9 +137,8 @@ def export_onnx(module: nn.Module, size: int, path: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (dummy,), tmp, input_names=["pixels"],
-                output_names=["embedding"], dynamic_axes={"pixels": {0: "batch"},
-                                                          "embedding": {0: "batch"}},
+                module, (dummy,), tmp, input_names=["pixels"], output_names=list(outputs),
+                dynamic_axes={name: {0: "batch"} for name in ("pixels", *outputs)},
                 opset_version=17, dynamo=False,
             )
         os.replace(tmp, path)
