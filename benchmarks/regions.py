@@ -22,6 +22,7 @@ import numpy as np
 
 from lookalike import Collection
 from lookalike.datasets import build_dataset
+from lookalike.encoders import Encoder, create_encoder
 from lookalike.metrics import evaluate
 from lookalike.trec import read_qrels, read_queries
 
@@ -43,8 +44,8 @@ def mean_of(values: Mapping[str, float], prefix: str = "") -> float:
     return float(np.mean(picked)) if picked else float("nan")
 
 
-def index(spec: str, database: Path, work: Path, model: str) -> tuple[Collection, float]:
-    coll = Collection.create(work / f"{database.parent.name}-{spec}.lk", encoder=model,
+def index(spec: str, database: Path, work: Path, encoder: Encoder) -> tuple[Collection, float]:
+    coll = Collection.create(work / f"{database.parent.name}-{spec}.lk", encoder=encoder,
                              regions=spec)
     start = time.perf_counter()
     coll.index_folder(database)
@@ -62,13 +63,14 @@ def main() -> None:
     if not (args.set / "qrels.txt").exists():
         build_dataset("photo-crops", args.set)
 
+    encoder = create_encoder(args.model)  # one runtime session for every collection
     rows, quality = [], []
     with tempfile.TemporaryDirectory() as tmp:
         built: dict[str, tuple[Collection, float]] = {}
         for spec in args.regions:
             db_spec, _, query_spec = spec.partition("/")
             if db_spec not in built:
-                built[db_spec] = index(db_spec, args.set / "database", Path(tmp), args.model)
+                built[db_spec] = index(db_spec, args.set / "database", Path(tmp), encoder)
             coll, seconds = built[db_spec]
             info = coll.index_info()
             run, qrels = run_and_qrels(coll, args.set, query_spec or "none")
@@ -79,7 +81,7 @@ def main() -> None:
                          {kind: (mean_of(values["map"], kind), mean_of(values["r@1"], kind),
                                  mean_of(values["ndcg@10"], kind)) for kind in KINDS}))
             if args.quality_set and not query_spec:
-                q_coll, _ = index(db_spec, args.quality_set / "database", Path(tmp), args.model)
+                q_coll, _ = index(db_spec, args.quality_set / "database", Path(tmp), encoder)
                 q_values = evaluate(*run_and_qrels(q_coll, args.quality_set, "none"),
                                     ["map", "ndcg@10"])
                 quality.append((spec, mean_of(q_values["map"]), mean_of(q_values["ndcg@10"])))

@@ -35,9 +35,9 @@ from lookalike.train.head import (
     HeadConfig,
     augmented_view,
     plot_history,
-    save_model,
     train_head,
 )
+from lookalike.train.model_folder import save_model
 from lookalike.trec import read_qrels, read_queries
 
 

@@ -109,15 +109,18 @@ def test_calibrated_collection_grades_and_filters_hits(tmp_path: Path, photo_dir
              for q in queries}
     rng = np.random.default_rng(0)
     x = query_features(np.sort(rng.uniform(0, 1, 40))[::-1])
-    coll.set_calibration(fit_calibrator(x, np.repeat([5, 3, 1, 0], 10).astype(float),
-                                        depth=10))
+    fitted = fit_calibrator(x, np.repeat([5, 3, 1, 0], 10).astype(float), depth=10)
+    assert all(0.0 < c < 1.0 for c in fitted.cutoffs)  # each grade's F1-best cut-off
+    coll.set_calibration(fitted)
+    assert Collection.open(coll.path).calibration.cutoffs == fitted.cutoffs  # type: ignore[union-attr]
     hits = coll.search(like="coffee.jpg", k=4)
     assert all(h.grade is not None and len(h.p_relevant or ()) == 5 for h in hits)
     assert [h.grade for h in hits] == sorted((h.grade for h in hits), reverse=True)
     assert "grade" in hits[0].to_dict()
     cut = float(np.median([h.grade for h in hits]))
     kept = coll.search(like="coffee.jpg", k=4, min_grade=cut)
-    assert [h.id for h in kept] == [h.id for h in hits if (h.grade or 0) >= cut]
+    assert [h.id for h in kept] == [
+        h.id for h in hits if fitted.at_least(np.array([h.p_relevant]), cut)[0]]
     assert [h.rank for h in kept] == list(range(1, len(kept) + 1))
     with pytest.raises(LookalikeError, match="too few relevant judged hits"):
         calibrate_collection(coll, queries, qrels, model="isotonic", depth=5)

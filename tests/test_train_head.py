@@ -13,10 +13,10 @@ from lookalike.train.head import (
     ProjectionHead,
     _pk_batches,
     plot_history,
-    save_model,
     train_head,
     validation_metrics,
 )
+from lookalike.train.model_folder import save_model
 
 
 def _features(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray,

@@ -63,11 +63,21 @@ def query_features(scores: Sequence[float] | np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibrator:
-    """Predicts the expected grade and P(grade >= g), g = 1..5, of hits."""
+    """Predicts the expected grade and P(grade >= g), g = 1..5, of hits. `cutoffs[g - 1]`
+    is the P(grade >= g) above which a hit counts as grade >= g: the value with the best F1
+    on the fitted hits (0.5 when no fitted hit reached g)."""
 
     model: Model
     depth: int
     params: dict[str, Any] = field(default_factory=dict)
+    cutoffs: list[float] = field(default_factory=lambda: [0.5] * len(GRADES))
+
+    def at_least(self, at_least: np.ndarray, grade: float) -> np.ndarray:
+        """Which hits (rows of P(grade >= g)) count as at least `grade` (rounded up)."""
+        g = int(np.ceil(grade))
+        if g <= 0:
+            return np.ones(len(at_least), bool)
+        return np.asarray(at_least[:, min(g, len(GRADES)) - 1] >= self.cutoffs[g - 1])
 
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(expected grade `(n,)`, P(grade >= g) `(n, 5)`)."""
@@ -88,13 +98,14 @@ class Calibrator:
     def save(self, path: Path) -> None:
         with atomic_write(path, "w") as fh:
             json.dump({"model": self.model, "depth": self.depth, "features": FEATURES,
-                       "params": self.params}, fh)
+                       "params": self.params, "cutoffs": self.cutoffs}, fh)
 
     @classmethod
     def load(cls, path: Path) -> Calibrator:
         try:
             data = json.loads(Path(path).read_text())
-            return cls(data["model"], int(data["depth"]), data["params"])
+            cutoffs = [float(c) for c in data.get("cutoffs", [0.5] * len(GRADES))]
+            return cls(data["model"], int(data["depth"]), data["params"], cutoffs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LookalikeError(f"{path}: not a readable calibration ({exc})") from None
 
@@ -137,10 +148,16 @@ def fit_calibrator(features: np.ndarray, grades: np.ndarray, *, model: Model = "
         raise LookalikeError(f"only one grade ({int(grades[0])}) among the hits: "
                              "calibration needs at least two")
     if model == "isotonic":
-        return Calibrator(model, depth, _fit_isotonic(features[:, 0], grades))
-    if model == "ordinal":
-        return Calibrator(model, depth, _fit_ordinal(features, grades))
-    raise LookalikeError(f"calibration model must be 'ordinal' or 'isotonic', got {model!r}")
+        calibrator = Calibrator(model, depth, _fit_isotonic(features[:, 0], grades))
+    elif model == "ordinal":
+        calibrator = Calibrator(model, depth, _fit_ordinal(features, grades))
+    else:
+        raise LookalikeError(f"calibration model must be 'ordinal' or 'isotonic', got "
+                             f"{model!r}")
+    _, at_least = calibrator.predict(features)
+    calibrator.cutoffs = [_best_threshold(at_least[:, g - 1], grades >= g)
+                          if (grades >= g).any() else 0.5 for g in GRADES]
+    return calibrator
 
 
 def _fit_isotonic(score: np.ndarray, grades: np.ndarray) -> dict[str, Any]:
@@ -213,7 +230,7 @@ def assess(calibrator: Calibrator, fit: tuple[np.ndarray, np.ndarray],
         "mae_affine_raw": affine_mae(affine, tx[:, 0], ty),
         "spearman": float(spearmanr(expected, ty).statistic),
         "spearman_raw": float(spearmanr(tx[:, 0], ty).statistic),
-        f"grade>={cutoff}": _prf(at_least[:, cutoff - 1] >= 0.5, ty >= cutoff),
+        f"grade>={cutoff}": _prf(calibrator.at_least(at_least, cutoff), ty >= cutoff),
         f"raw>={threshold:.4f}": _prf(tx[:, 0] >= threshold, ty >= cutoff),
     }
 

@@ -156,24 +156,51 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="The model folder to write; use it as `--model OUT`.")
 @click.option("--model", "base", default="efficientnet_lite0", show_default=True,
-              help="The frozen backbone the head is trained on.")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=4))
+              help="The backbone to start from.")
+@click.option("--mode", type=click.Choice(["head", "finetune"]), default="head",
+              show_default=True, help="Train a head on frozen features, or the backbone.")
+@click.option("--trainable", default="last:2", show_default=True,
+              help="finetune: 'all' or 'last:N' layer groups of the backbone.")
+@click.option("--epochs", type=click.IntRange(min=1), help="[default: head 30, finetune 5]")
+@click.option("--batch-size", type=click.IntRange(min=4),
+              help="[default: head 256, finetune 32]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="[default: head 1e-3, finetune 1e-4]")
 @click.option("--temperature", default=0.1, show_default=True,
               type=click.FloatRange(0, min_open=True))
 @click.option("--val-fraction", default=0.1, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
-def train(folder: Path, out: Path, base: str, epochs: int, batch_size: int,
-          temperature: float, val_fraction: float) -> None:
-    """Train a projection head (head mode, supervised contrastive loss) on FOLDER's images,
-    labelled by their subfolder; writes a model folder that `--model` accepts."""
-    from lookalike.train.head import HeadConfig, train_on_folder
+@click.option("--queries", "queries_path", type=click.Path(path_type=Path),
+              help="With --qrels: similar = judged at least --threshold, not same folder.")
+@click.option("--qrels", "qrels_path", type=click.Path(path_type=Path))
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1, 5))
+@click.option("--resume", is_flag=True, help="Continue from OUT's last epoch checkpoint.")
+def train(folder: Path, out: Path, base: str, mode: str, trainable: str, epochs: int | None,
+          batch_size: int | None, lr: float | None, temperature: float, val_fraction: float,
+          queries_path: Path | None, qrels_path: Path | None, threshold: int,
+          resume: bool) -> None:
+    """Contrastive training on FOLDER's images (similar = same subfolder, or judged similar
+    by --qrels); writes a model folder that `--model` accepts."""
+    from lookalike.train.finetune import FinetuneConfig
+    from lookalike.train.head import HeadConfig
+    from lookalike.train.run import folder_labels, judged_labels, train_model
+    from lookalike.trec import read_qrels, read_queries
 
-    config = HeadConfig(epochs=epochs, batch_size=batch_size, temperature=temperature)
-    history = train_on_folder(folder, out, base=base, config=config,
-                              val_fraction=val_fraction)
+    if (queries_path is None) != (qrels_path is None):
+        raise click.UsageError("--queries and --qrels go together")
+    if queries_path is not None and qrels_path is not None:
+        paths, labels = judged_labels(folder, read_queries(queries_path),
+                                      read_qrels(qrels_path), threshold)
+    else:
+        paths, labels = folder_labels(folder)
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    config = (HeadConfig(temperature=temperature, **options) if mode == "head" else
+              FinetuneConfig(temperature=temperature, trainable=trainable, **options))
+    history = train_model(paths, labels, out, base=base, mode=mode,  # type: ignore[arg-type]
+                          config=config, val_fraction=val_fraction, resume=resume)
     best = max(history, key=lambda h: h["map"])
-    click.echo(f"{out}: validation mAP {history[0]['map']:.3f} frozen -> {best['map']:.3f} "
+    click.echo(f"{out}: validation mAP {history[0]['map']:.3f} before -> {best['map']:.3f} "
                f"(epoch {best['epoch']}); curve in {out / 'curve.png'}")
 
 

@@ -522,11 +522,12 @@ def _best_per_image(hits: list[Hit]) -> list[Hit]:
 
 
 def _graded(hits: list[Hit], calibration: Calibrator, min_grade: float | None) -> list[Hit]:
-    """Hits (cosine-scored, best first) with their calibrated grades."""
+    """Hits (cosine-scored, best first) with their calibrated grades; with `min_grade`, only
+    those the calibration counts as at least that grade."""
     grades, at_least = calibration.predict_scores([h.score for h in hits])
-    graded = [replace(h, grade=float(g), p_relevant=tuple(float(p) for p in ps))
-              for h, g, ps in zip(hits, grades, at_least, strict=True)]
-    return [h for h in graded if min_grade is None or (h.grade or 0.0) >= min_grade]
+    keep = calibration.at_least(at_least, min_grade or 0.0)
+    return [replace(h, grade=float(g), p_relevant=tuple(float(p) for p in ps))
+            for h, g, ps, kept in zip(hits, grades, at_least, keep, strict=True) if kept]
 
 
 def _metric_score(inner_product: float, metric: Metric) -> float:

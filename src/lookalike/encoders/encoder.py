@@ -39,6 +39,7 @@ from lookalike.regions import Regions
 #: An image, or an image and the box to crop from it.
 EncodeInput = ImageSource | tuple[ImageSource, Box]
 BackendName = Literal["auto", "onnx", "torch"]
+MAX_FORWARD_BATCH = 64
 
 
 @dataclass
@@ -147,8 +148,12 @@ class Encoder:
         return list(pool.map(cut, prepared, maps)), whole
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """The bare forward pass on a batch of prepared (B, S, S, 3) uint8 pixels."""
-        out = self.backend(np.ascontiguousarray(pixels, dtype=np.uint8))
+        """The bare forward pass on prepared (B, S, S, 3) uint8 pixels, at most
+        `MAX_FORWARD_BATCH` at a time: regions multiply a batch, and the runtime keeps the
+        memory of its largest batch."""
+        chunks = [self.backend(np.ascontiguousarray(pixels[i:i + MAX_FORWARD_BATCH], np.uint8))
+                  for i in range(0, len(pixels), MAX_FORWARD_BATCH)]
+        out = np.concatenate(chunks) if chunks else np.empty((0, self.dim), np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
@@ -246,7 +251,7 @@ def create_encoder(
     `backend="auto"` runs PyTorch on a GPU when there is one, else ONNX Runtime on the CPU
     (the graph is exported once and cached). `weights` overrides the entry's weights file.
     """
-    spec = _spec(name)
+    spec = resolve_spec(name)
     pre = spec.preprocess
     module = nn.Sequential(
         PixelNormalize(pre.mean, pre.std),
@@ -265,20 +270,26 @@ def create_encoder(
     return Encoder(spec, module, runtime, weights_sha)
 
 
-def _spec(name: str) -> EncoderSpec:
-    """A registry entry, or for a trained model folder its base entry with the head on top
-    (so backbone and head run, and export to ONNX, as one network)."""
+def resolve_spec(name: str) -> EncoderSpec:
+    """A registry entry, or for a trained model folder its base entry with the fine-tuned
+    weights and/or the head on top (so they run, and export to ONNX, as one network)."""
     folder = Path(name).expanduser()
-    if not (folder / "lookalike-model.json").is_file():
-        return get_spec(name)
-    from lookalike.train.head import load_head
+    from lookalike.train.model_folder import is_model_folder, load_model
 
-    base_name, head = load_head(folder)
+    if not is_model_folder(folder):
+        return get_spec(name)
+    base_name, backbone_state, head = load_model(folder)
     base = get_spec(base_name)
 
     def load(weights: Path | None) -> nn.Module:
-        return nn.Sequential(L2Normalized(base.load(weights)), head)
+        net = base.load(weights)
+        if backbone_state is not None:
+            net.load_state_dict(backbone_state)
+        return nn.Sequential(L2Normalized(net), head) if head is not None else net
 
-    return replace(base, name=str(folder.resolve()), dim=head.dim_out, load=load,
-                   weights_source=f"{base.weights_source}, head trained in {folder}",
-                   description=f"{base_name} with a contrastively trained head")
+    what = " + ".join(w for w, used in (("fine-tuned backbone", backbone_state is not None),
+                                        ("contrastive head", head is not None)) if used)
+    return replace(base, name=str(folder.resolve()), load=load,
+                   dim=head.dim_out if head is not None else base.dim,
+                   weights_source=f"{base.weights_source}, trained in {folder}",
+                   description=f"{base_name} with a {what}")

@@ -6,15 +6,13 @@ thousand images takes seconds on a CPU. Batches are drawn P x K (P labels, K ite
 so that every anchor has positives for the supervised contrastive loss. Each epoch is
 scored on a validation split with `lookalike.metrics` (leave-one-out: every validation item
 queries the others, same label = relevant); the best epoch is kept (early stopping), saved
-as a model folder that `create_encoder(folder)` loads like a shipped encoder: the backbone
-and the head export to one ONNX graph.
+as a model folder (`lookalike.train.model_folder`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ from torch import nn
 
 from lookalike.atomic import atomic_write
 from lookalike.metrics import Ranked, per_query
+from lookalike.train.loop import LoopSettings, fit
 from lookalike.train.losses import InfoNCELoss, SupConLoss
 
-MODEL_FILE = "lookalike-model.json"
 VALIDATION_DEPTH = 100
 
 
@@ -65,6 +63,10 @@ class HeadConfig:
     dim_out: int | None = None
     hidden: int = 1024
     seed: int = 0
+
+    @property
+    def settings(self) -> LoopSettings:
+        return LoopSettings(self.epochs, self.lr, self.weight_decay, self.patience)
 
 
 def validation_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -104,13 +106,15 @@ def _pk_batches(labels: np.ndarray, batch_size: int, per_label: int,
 def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.ndarray,
                val_labels: np.ndarray, *, config: HeadConfig | None = None,
                views: np.ndarray | None = None,
-               on_epoch: Callable[[dict[str, Any]], None] | None = None
+               on_epoch: Callable[[dict[str, Any]], None] | None = None,
+               checkpoint: Path | None = None, progress: bool = False
                ) -> tuple[ProjectionHead, list[dict[str, Any]]]:
     """Train; returns the best head (by validation mAP) and one history row an epoch
     (epoch 0 = before training, the frozen backbone). Supervised (SupCon over P x K
     batches) with `train_labels`; self-supervised with `views`, the features of a second
     augmented view of each training image (InfoNCE, row i of `train_x` against row i of
-    `views`, the rest of the batch as negatives)."""
+    `views`, the rest of the batch as negatives). `checkpoint`: see `lookalike.train.loop`.
+    """
     cfg = config or HeadConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -137,38 +141,14 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
             return sup_con(head(x[index]), y[index])
     else:
         raise ValueError("give train_labels (supervised) or views (self-supervised)")
-    optimiser = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
-
     def validate() -> dict[str, float]:
         with torch.no_grad():
             return validation_metrics(head(torch.from_numpy(val_x.astype(np.float32))).numpy(),
                                       val_labels)
 
-    history: list[dict[str, Any]] = [{"epoch": 0, "loss": None, **validate()}]
-    best_state, best_map, waited = _copy(head), float(history[0]["map"]), 0
-    for epoch in range(1, cfg.epochs + 1):
-        head.train()
-        losses = []
-        for batch in batches():
-            loss = batch_loss(torch.from_numpy(batch))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        schedule.step()
-        head.eval()
-        row: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), **validate()}
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if row["map"] > best_map:
-            best_state, best_map, waited = _copy(head), row["map"], 0
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    head.load_state_dict(best_state)
+    history = fit(head, batches, lambda batch: batch_loss(torch.from_numpy(batch)), validate,
+                  cfg.settings, rng, checkpoint=checkpoint, progress=progress,
+                  on_epoch=on_epoch)
     return head.eval(), history
 
 
@@ -186,29 +166,6 @@ def augmented_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
     ])
     return transform(image.convert("RGB"))
-
-
-def _copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def save_model(folder: Path, base_encoder: str, head: ProjectionHead,
-               history: list[dict[str, Any]], config: HeadConfig) -> None:
-    """A model folder: the base encoder's name, the head's weights and how it was trained."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(folder / "head.pt", "wb") as fh:
-        torch.save(head.state_dict(), fh)
-    with atomic_write(folder / MODEL_FILE, "w") as fh:
-        json.dump({"base": base_encoder, "head": head.config(), "training": asdict(config),
-                   "history": history}, fh, indent=2)
-
-
-def load_head(folder: Path) -> tuple[str, ProjectionHead]:
-    """(base encoder name, trained head) of a model folder."""
-    meta = json.loads((folder / MODEL_FILE).read_text())
-    head = ProjectionHead(**meta["head"])
-    head.load_state_dict(torch.load(folder / "head.pt", weights_only=True))
-    return str(meta["base"]), head.eval()
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
@@ -230,31 +187,3 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-
-
-def train_on_folder(root: Path, out: Path, *, base: str = "efficientnet_lite0",
-                    config: HeadConfig | None = None, val_fraction: float = 0.1,
-                    progress: bool = True) -> list[dict[str, Any]]:
-    """Head mode on a labelled folder (an image's label is its folder): embed every image
-    once, hold `val_fraction` of them out for validation, train, and write the model
-    folder `out` with its loss/metric curve."""
-    from lookalike.collection import scan_images
-    from lookalike.encoders import create_encoder
-    from lookalike.errors import LookalikeError
-
-    cfg = config or HeadConfig()
-    images = scan_images(root)
-    labels_text = [Path(i).parent.as_posix() for i in images]
-    if len(set(labels_text)) < 2:
-        raise LookalikeError(f"{root}: needs images in at least two labelled subfolders")
-    _, labels = np.unique(labels_text, return_inverse=True)
-    encoder = create_encoder(base)
-    vectors = encoder.encode(list(images.values()), progress=progress)
-    val = np.random.default_rng(cfg.seed).random(len(labels)) < val_fraction
-    if val.sum() < 2 or (~val).sum() < 2:
-        raise LookalikeError(f"{root}: too few images to hold {val_fraction:.0%} out")
-    head, history = train_head(vectors[~val], labels[~val], vectors[val], labels[val],
-                               config=cfg)
-    save_model(out, base, head, history, cfg)
-    plot_history(history, out / "curve.png")
-    return history
