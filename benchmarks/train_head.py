@@ -81,8 +81,8 @@ def fashion(encoder: Encoder, train: int, self_supervised: bool = False
             "test_q": embed(test_images[test]), "test_q_y": test_labels[test].astype(np.int64)}
 
 
-def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
-    data = build_emoji(work / "emoji")
+def emoji_train_files(data: Path) -> tuple[list[Path], np.ndarray]:
+    """The Google and Twitter drawings of the set's `train` emoji, labelled by emoji."""
     train_bases = {k.rsplit("/", 1)[1] for k in
                    json.loads((data / "splits.json").read_text())["train"]}
     root = emoji_dir() / "node_modules"
@@ -97,21 +97,31 @@ def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
             files.append(root / f"emoji-datasource-{vendor}" / "img" / vendor / "64" /
                          entry["image"])
             labels.append(len(labels) // 2)
-    x = encoder.encode([Image.open(f).convert("RGBA") for f in files], batch_size=64,
-                       progress=True)
-    y = np.asarray(labels)
-    val = np.isin(y, np.unique(y)[::10])
+    return files, np.asarray(labels)
+
+
+def emoji_test(encoder: Encoder, data: Path) -> dict[str, np.ndarray]:
+    """The set's test: Google drawings of test emoji query the Twitter database."""
     db_files = sorted((data / "database").rglob("*.png"))
     queries = read_queries(data / "queries.jsonl")
     same_emoji = {qid: next(d for d, g in docs.items() if g == 5)
                   for qid, docs in read_qrels(data / "qrels.txt").items()}
-    return {"train_x": x[~val], "train_y": y[~val], "val_x": x[val], "val_y": y[val],
-            "db": encoder.encode(db_files, batch_size=64, progress=True),
+    return {"db": encoder.encode(db_files, batch_size=64, progress=True),
             "db_y": np.asarray([f.parent.relative_to(data / "database").as_posix()
                                 for f in db_files]),
             "test_q": encoder.encode([q.image for q in queries], batch_size=64,
                                      progress=True),
             "test_q_y": np.asarray([same_emoji[q.id].rsplit("/", 1)[0] for q in queries])}
+
+
+def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
+    data = build_emoji(work / "emoji")
+    files, y = emoji_train_files(data)
+    x = encoder.encode([Image.open(f).convert("RGBA") for f in files], batch_size=64,
+                       progress=True)
+    val = np.isin(y, np.unique(y)[::10])
+    return {"train_x": x[~val], "train_y": y[~val], "val_x": x[val], "val_y": y[val],
+            **emoji_test(encoder, data)}
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from lookalike.index.spec import Number
 from lookalike.regions import parse_regions
 
 FORMAT_VERSION = 1
+REGION_DISCOUNT = 0.0
 Metric = Literal["cosine", "dot", "l2"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
 
@@ -115,6 +116,7 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._vector_images: dict[int, tuple[str, Box]] = {}
+        self._is_region = np.zeros(0, bool)  # by vector id: a region, not a whole image
 
     # -- opening --------------------------------------------------------------------------
 
@@ -308,6 +310,10 @@ class Collection:
             self._sync(index, vids)
         self._vector_images = {int(v): (i, tuple(b)) for v, i, b in
                                zip(vids, image_ids, boxes.tolist(), strict=True)}
+        sizes = {i: (0, 0, r.width, r.height) for i, r in self.catalog.images().items()}
+        self._is_region = np.zeros(int(vids.max(initial=-1)) + 2, bool)  # [-1]: no hit
+        self._is_region[[v for v, (i, b) in self._vector_images.items()
+                         if b != sizes.get(i)]] = True
         self._index = index
         return index
 
@@ -347,6 +353,13 @@ class Collection:
         _write_json_atomic(self.path / "index.json",
                            {"generation": generation, "spec": index.spec})
         (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
+
+    @property
+    def region_discount(self) -> float:
+        """How much lower a region's match counts than the same match of a whole image, so
+        that whole-image queries keep ranking by whole images while a detail still finds
+        the image that contains it."""
+        return float(self.manifest.get("region_discount", REGION_DISCOUNT))
 
     @property
     def calibration(self) -> Calibrator | None:
@@ -483,6 +496,11 @@ class Collection:
             scores, vids = index.search(queries, fetch, **(options or {}))
         except IndexError_ as exc:
             raise LookalikeError(f"{self.path}: {exc}") from None
+        if self.region_discount and self._is_region.any():
+            scores = scores - self.region_discount * self._is_region[vids]
+            order = np.argsort(-scores, axis=1, kind="stable")
+            scores = np.take_along_axis(scores, order, axis=1)
+            vids = np.take_along_axis(vids, order, axis=1)
         root = self.root or self.path
         results = []
         for row, (row_scores, row_vids) in enumerate(zip(scores, vids, strict=True)):
