@@ -146,6 +146,13 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
     best = hits[0]
     assert best.box in ((0, 300, 300, 600), (300, 0, 600, 300))  # the quadrant it fills
 
+    # A region's match counts the collection's discount less than a whole image's would.
+    assert coll.region_discount == 0.06  # grid's default
+    coll.manifest["region_discount"] = 0.0
+    undiscounted = {h.id: h for h in coll.search(query, k=4)}
+    assert undiscounted[best.id].score == pytest.approx(best.score + 0.06, abs=1e-6)
+    coll.manifest["region_discount"] = 0.06
+
     plain = Collection.create(tmp_path / "plain", encoder=encoder)
     plain.index_folder(root)
     assert best.score > plain.search(query, k=1)[0].score + 0.1

@@ -62,11 +62,16 @@ def demo(out: Path) -> None:
               "(no re-embedding); FOLDER may then be left out.")
 @click.option("--regions", default="none", show_default=True,
               help="For a new collection: also index regions of each image (none, grid, "
-              "grid:N) so crop queries find the images that contain them.")
+              "grid:N, proposals, proposals:N) so crop queries find the images that "
+              "contain them.")
+@click.option("--region-discount", type=click.FloatRange(0, 1),
+              help="For a new collection: how much less a region's match counts than a "
+              "whole image's.  [default: grid 0.06, proposals 0.1]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def index(folder: Path | None, collection: Path, model: str | None, index_spec: str,
-          reindex_spec: str | None, regions: str, batch_size: int, progress: bool) -> None:
+          reindex_spec: str | None, regions: str, region_discount: float | None,
+          batch_size: int, progress: bool) -> None:
     """Create or update COLLECTION from the images under FOLDER (recursively)."""
     from lookalike.collection import Collection
 
@@ -75,7 +80,8 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
     if folder is not None and not folder.is_dir():
         raise LookalikeError(f"{folder}: not a directory")
     coll = Collection.open(collection, encoder=model) if folder is None else \
-        Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions)
+        Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions,
+                                  region_discount=region_discount)
     with coll:
         if folder is not None:
             report = coll.index_folder(folder, batch_size=batch_size, progress=progress)

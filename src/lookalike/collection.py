@@ -36,7 +36,6 @@ from lookalike.index.spec import Number
 from lookalike.regions import parse_regions
 
 FORMAT_VERSION = 1
-REGION_DISCOUNT = 0.0
 Metric = Literal["cosine", "dot", "l2"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
 
@@ -122,19 +121,26 @@ class Collection:
 
     @classmethod
     def create(cls, path: str | Path, *, encoder: str | Encoder = DEFAULT_ENCODER,
-               index: str = "flat", regions: str = "none") -> Collection:
+               index: str = "flat", regions: str = "none",
+               region_discount: float | None = None) -> Collection:
         """A new, empty collection; `regions` (see `lookalike.regions`) picks the parts of
-        each image that get a vector of their own besides the whole image."""
+        each image that get a vector of their own besides the whole image, and
+        `region_discount` how much less a region's match counts (the strategy's default
+        when None)."""
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
         parsed = parse_regions(regions)
         regions = str(parsed) if parsed else "none"  # normalised: grid -> grid:3
+        if region_discount is None:
+            region_discount = parsed.discount if parsed else 0.0
+        if not 0.0 <= region_discount <= 1.0:
+            raise LookalikeError(f"region_discount must be from 0 to 1, got {region_discount}")
         enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
         index = create_index(index, enc.dim).spec  # validated and normalised first
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
-                    "index": index, "regions": regions}
+                    "index": index, "regions": regions, "region_discount": region_discount}
         _write_json_atomic(path / "manifest.json", manifest)
         return cls(path, manifest, enc)
 
@@ -160,11 +166,12 @@ class Collection:
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
-                       index: str = "flat", regions: str = "none") -> Collection:
+                       index: str = "flat", regions: str = "none",
+                       region_discount: float | None = None) -> Collection:
         if (Path(path) / "manifest.json").exists():
             return cls.open(path, encoder=encoder)
         return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index,
-                          regions=regions)
+                          regions=regions, region_discount=region_discount)
 
     def close(self) -> None:
         self.catalog.close()
@@ -359,7 +366,7 @@ class Collection:
         """How much lower a region's match counts than the same match of a whole image, so
         that whole-image queries keep ranking by whole images while a detail still finds
         the image that contains it."""
-        return float(self.manifest.get("region_discount", REGION_DISCOUNT))
+        return float(self.manifest.get("region_discount", 0.0))
 
     @property
     def calibration(self) -> Calibrator | None:
