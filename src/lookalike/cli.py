@@ -227,8 +227,10 @@ def train(folder: Path, out: Path, base: str, mode: str, trainable: str, epochs:
               help="Share of the queries fitted on; the rest are held out for the report.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Write calibration.json (held-out figures) and reliability.png here.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the random fit/held-out split of the queries.")
 def calibrate(collection: Path, queries_path: Path, qrels_path: Path, model: str, depth: int,
-              unjudged: int, fit_fraction: float, report_dir: Path | None) -> None:
+              unjudged: int, fit_fraction: float, report_dir: Path | None, seed: int) -> None:
     """Fit COLLECTION's 0-5 relevance calibration on graded queries; from then on its hits
     carry a grade."""
     from lookalike.calibration import calibrate_collection, reliability_plot
@@ -238,7 +240,7 @@ def calibrate(collection: Path, queries_path: Path, qrels_path: Path, model: str
     with Collection.open(collection) as coll:
         run = calibrate_collection(coll, read_queries(queries_path), read_qrels(qrels_path),
                                    model=model, depth=depth,  # type: ignore[arg-type]
-                                   unjudged=unjudged, fit_fraction=fit_fraction)
+                                   unjudged=unjudged, fit_fraction=fit_fraction, seed=seed)
         coll.set_calibration(run.calibrator)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
