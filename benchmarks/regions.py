@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/regions.py [--set DIR] [--regions none grid proposals]
         [--quality-set DIR]
+    .venv/bin/python benchmarks/regions.py --cost 300 [--repeats 3]   # indexing cost only
 
 `--set` is a `lookalike dataset photo-crops` folder (built there when missing). For each
 strategy: index time and memory an image, then mAP and R@1 of the source tile (grade 5)
@@ -13,6 +14,7 @@ check that regions do not hurt them.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Mapping
@@ -52,6 +54,31 @@ def index(spec: str, database: Path, work: Path, encoder: Encoder) -> tuple[Coll
     return coll, time.perf_counter() - start
 
 
+def cost(args: argparse.Namespace) -> None:
+    """Indexing time an image per strategy, interleaved repeats after a warm-up, medians."""
+    images = sorted((args.set / "database").rglob("*.jpg"))[:args.cost]
+    encoder = create_encoder(args.model)
+    encoder.encode(images[:64])  # runtime warm-up, files in the page cache
+    times: dict[str, list[float]] = {spec: [] for spec in args.regions}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for n, image in enumerate(images):
+            (folder / f"{n:05d}.jpg").symlink_to(image)
+        for repeat in range(args.repeats):
+            for spec in args.regions:
+                work = Path(tmp) / f"{repeat}"
+                work.mkdir(exist_ok=True)
+                _, seconds = index(spec, folder, work, encoder)
+                times[spec].append(seconds / len(images) * 1000)
+    base = statistics.median(times[args.regions[0]])
+    print(f"{len(images)} images of {args.set}, {args.model}, median of {args.repeats}\n")
+    print(f"| regions | ms/image | runs | x {args.regions[0]} |\n|---|---:|---|---:|")
+    for spec, runs in times.items():
+        print(f"| {spec} | {statistics.median(runs):.1f} | "
+              f"{', '.join(f'{r:.1f}' for r in runs)} | {statistics.median(runs) / base:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", type=Path, default=Path("/tmp/photo-crops"))
@@ -59,9 +86,13 @@ def main() -> None:
                         help="Specs; DB/QUERY (e.g. grid/grid:2) also splits the queries.")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--quality-set", type=Path)
+    parser.add_argument("--cost", type=int, help="Only time indexing this many images.")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not (args.set / "qrels.txt").exists():
         build_dataset("photo-crops", args.set)
+    if args.cost:
+        return cost(args)
 
     encoder = create_encoder(args.model)  # one runtime session for every collection
     rows, quality = [], []
