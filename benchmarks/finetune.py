@@ -1,6 +1,6 @@
 """Fine-tuning mode on a CPU: test mAP of the frozen backbone vs its fine-tuned last groups.
 
-    python benchmarks/finetune.py [--emoji 300] [--epochs 3] [--trainable last:2]
+    python benchmarks/finetune.py [--emoji 300] [--epochs 3] [--trainable last:2] [--lr 1e-4]
 
 Trains on the Google and Twitter drawings of `--emoji` randomly chosen train emoji of the
 emoji set (label = the emoji, never a test emoji; a tenth held out for validation), then
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--emoji", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--trainable", default="last:2")
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--out", type=Path, default=Path("runs"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -37,7 +38,8 @@ def main() -> None:
     chosen = np.random.default_rng(0).permutation(np.unique(labels))[:args.emoji]
     keep = np.isin(labels, chosen)
     start = time.perf_counter()
-    config = FinetuneConfig(epochs=args.epochs, trainable=args.trainable, per_label=2)
+    config = FinetuneConfig(epochs=args.epochs, trainable=args.trainable, per_label=2,
+                            lr=args.lr)
     history = train_model([f for f, k in zip(files, keep, strict=True) if k], labels[keep],
                           args.out / "emoji-finetuned", mode="finetune", config=config)
     seconds = time.perf_counter() - start
@@ -46,7 +48,7 @@ def main() -> None:
         test = emoji_test(create_encoder(model), data)
         maps.append(test_map(test["test_q"], test["test_q_y"], test["db"], test["db_y"], False))
     best = max(history, key=lambda h: h["map"])
-    print(f"\n{int(keep.sum())} training drawings, {args.trainable}, best epoch "
+    print(f"\n{int(keep.sum())} training drawings, {args.trainable}, lr {args.lr}, best epoch "
           f"{best['epoch']} of {len(history) - 1}\n")
     print("| test mAP frozen | test mAP fine-tuned | relative | train s (incl. decoding) |")
     print("|---:|---:|---:|---:|")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,7 @@ def set_trainable(backbone: nn.Module, trainable: str, size: int = 224) -> int:
 def finetune(spec: EncoderSpec, train_pixels: np.ndarray, train_labels: np.ndarray,
              val_pixels: np.ndarray, val_labels: np.ndarray, *,
              config: FinetuneConfig | None = None, device: str | None = None,
-             checkpoint: Any = None, progress: bool = False,
+             checkpoint: Path | None = None, progress: bool = False,
              on_epoch: Callable[[dict[str, Any]], None] | None = None
              ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Fine-tune `spec`'s backbone on (N, S, S, 3) uint8 pixels with labels; returns the

@@ -17,6 +17,8 @@ import numpy as np
 
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.errors import LookalikeError
+from lookalike.train.finetune import FinetuneConfig
+from lookalike.train.head import HeadConfig
 from lookalike.trec import Query
 
 Mode = Literal["head", "finetune"]
@@ -75,18 +77,34 @@ def _pixels(paths: Sequence[Path], resize: Preprocess, progress: bool) -> np.nda
     return np.stack(out)
 
 
+def validation_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Which items validate, so that each keeps a positive beside it: a `fraction` (at
+    least two) of every label that has `2 / fraction` items or more, and whole small groups
+    (pairs, instance groups) with probability `fraction`."""
+    val = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) >= 2 / fraction:
+            val[members[:max(2, round(fraction * len(members)))]] = True
+        elif rng.random() < fraction:
+            val[members] = True
+    return val
+
+
 def train_model(paths: Sequence[Path], labels: np.ndarray, out: Path, *,
-                base: str = "efficientnet_lite0", mode: Mode = "head", config: Any = None,
+                base: str = "efficientnet_lite0", mode: Mode = "head",
+                config: HeadConfig | FinetuneConfig | None = None,
                 val_fraction: float = 0.1, resume: bool = False, progress: bool = True,
                 seed: int = 0) -> list[dict[str, Any]]:
     """Hold `val_fraction` of the images out for validation, train, and write the model
     folder `out` with its loss/metric curve. A checkpoint is written to `out` after each
     epoch; `resume` continues from it, otherwise training starts afresh."""
-    from lookalike.train.finetune import FinetuneConfig, finetune
-    from lookalike.train.head import HeadConfig, plot_history, train_head
+    from lookalike.train.finetune import finetune
+    from lookalike.train.head import plot_history, train_head
     from lookalike.train.model_folder import save_model
 
-    val = np.random.default_rng(seed).random(len(labels)) < val_fraction
+    val = validation_split(labels, val_fraction, np.random.default_rng(seed))
     if val.sum() < 2 or (~val).sum() < 2:
         raise LookalikeError(f"{len(labels)} images are too few to hold {val_fraction:.0%} "
                              "out for validation")
@@ -97,21 +115,21 @@ def train_model(paths: Sequence[Path], labels: np.ndarray, out: Path, *,
     if mode == "head":
         from lookalike.encoders import create_encoder
 
-        cfg = config or HeadConfig()
+        head_cfg = config if isinstance(config, HeadConfig) else HeadConfig()
         vectors = create_encoder(base).encode(list(paths), progress=progress)
         head, history = train_head(vectors[~val], labels[~val], vectors[val], labels[val],
-                                   config=cfg, checkpoint=checkpoint, progress=progress)
-        save_model(out, base, head, history, cfg)
+                                   config=head_cfg, checkpoint=checkpoint, progress=progress)
+        save_model(out, base, head, history, head_cfg)
     elif mode == "finetune":
         from lookalike.encoders.encoder import resolve_spec
 
-        cfg = config or FinetuneConfig()
+        tune_cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig()
         spec = resolve_spec(base)
         pixels = _pixels(paths, spec.preprocess, progress)
         backbone, history = finetune(spec, pixels[~val], labels[~val], pixels[val],
-                                     labels[val], config=cfg, checkpoint=checkpoint,
+                                     labels[val], config=tune_cfg, checkpoint=checkpoint,
                                      progress=progress)
-        save_model(out, base, None, history, cfg, backbone=backbone)
+        save_model(out, base, None, history, tune_cfg, backbone=backbone)
     else:
         raise LookalikeError(f"mode must be 'head' or 'finetune', got {mode!r}")
     plot_history(history, out / "curve.png")
