@@ -109,9 +109,11 @@ def test_positives_from_judgements_are_connected_components(tmp_path: Path) -> N
 def test_validation_split_keeps_a_positive_for_every_item() -> None:
     from lookalike.train.run import validation_split
 
-    labels = np.concatenate([np.repeat(np.arange(300), 2), np.repeat([300, 301], 50)])
+    labels = np.concatenate([np.repeat(np.arange(300), 2), np.repeat([300, 301], 50),
+                             np.repeat([302], 5)])
     val = validation_split(labels, 0.1, np.random.default_rng(0))
     held = labels[val]
     assert all((held == label).sum() >= 2 for label in held)  # no orphan in validation
     assert 0.05 < val[:600].mean() < 0.15  # about a tenth of the pairs, whole
     assert (held == 300).sum() == (held == 301).sum() == 5  # a tenth of each large class
+    assert (held == 302).sum() == 2  # at least two of a small class, three left to train

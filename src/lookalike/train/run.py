@@ -80,13 +80,13 @@ def _pixels(paths: Sequence[Path], resize: Preprocess, progress: bool) -> np.nda
 def validation_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
                      ) -> np.ndarray:
     """Which items validate, so that each keeps a positive beside it: a `fraction` (at
-    least two) of every label that has `2 / fraction` items or more, and whole small groups
-    (pairs, instance groups) with probability `fraction`."""
+    least two, leaving two to train on) of every label with 4 items or more, and whole
+    pairs and triples (instance groups) with probability `fraction`."""
     val = np.zeros(len(labels), bool)
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        if len(members) >= 2 / fraction:
-            val[members[:max(2, round(fraction * len(members)))]] = True
+        if len(members) >= 4:
+            val[members[:min(len(members) - 2, max(2, round(fraction * len(members))))]] = True
         elif rng.random() < fraction:
             val[members] = True
     return val
