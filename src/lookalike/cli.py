@@ -373,8 +373,8 @@ def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
 @click.option("--queries", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 def dataset(name: str, out: Path, db_size: int, queries: int, seed: int) -> None:
-    """Build the evaluation set NAME (digits, emoji, fashion-mnist) under OUT: database/,
-    queries.jsonl, qrels.txt."""
+    """Build the evaluation set NAME (digits, emoji, fashion-mnist, photo-crops) under OUT:
+    database/, queries.jsonl, qrels.txt."""
     from lookalike.datasets import build_dataset
 
     path = build_dataset(name, out, db_size=db_size, queries=queries, seed=seed)
