@@ -183,3 +183,30 @@ def test_train_writes_a_model_that_index_uses(samples: list[Path], tmp_path: Pat
     assert "16 images, 16 vectors" in indexed.stdout
     bad = run("train", root / "cats", "--out", tmp_path / "m2")
     assert bad.returncode == 2 and "at least two labelled subfolders" in bad.stderr
+
+
+def test_verify_marks_the_source_of_a_copy(indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    root, coll = indexed
+    copy = tmp_path / "copy.jpg"
+    Image.open(root / "coffee.jpg").convert("RGB").crop((260, 120, 460, 300)).save(copy)
+    hits = json.loads(run("search", "-c", coll, copy, "-k", "3", "--verify", "5",
+                          "--json").stdout)
+    assert hits[0]["id"] == "coffee.jpg" and hits[0]["inliers"] >= 8
+    assert "inliers" not in hits[1]
+    text = run("search", "-c", coll, copy, "-k", "1", "--verify", "5").stdout
+    assert "coffee.jpg" in text and "verified" in text
+
+
+def test_run_file_keeps_a_reranked_order(tmp_path: Path) -> None:
+    from lookalike.collection import Hit
+    from lookalike.trec import read_run, write_run
+
+    hits = [Hit(1, "copy", "p", 0.41, (0, 0, 1, 1), inliers=30),
+            Hit(2, "b", "p", 0.9, (0, 0, 1, 1)), Hit(3, "c", "p", 0.8, (0, 0, 1, 1))]
+    write_run(tmp_path / "run.txt", {"q": hits})
+    scores = read_run(tmp_path / "run.txt")["q"]
+    assert sorted(scores, key=lambda d: -scores[d]) == ["copy", "b", "c"]
+    assert scores["copy"] == pytest.approx(0.41)

@@ -258,3 +258,28 @@ def test_ann_index_follows_updates_and_can_be_switched(tmp_path: Path, photo_dir
         assert reopened.index_info()["spec"] == "ivf4"
         assert [h.id for h in reopened.search(like="coffee.jpg", k=4)] == [
             i if i != "astronaut.jpg" else "new.jpg" for i in expected]
+
+
+def test_verify_puts_the_source_of_a_copy_first_with_its_box(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                             encoder) -> None:
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    coll = _index(tmp_path / "coll", photo_dir, encoder)
+    coffee = Image.open(photo_dir / "coffee.jpg").convert("RGB")
+    box = (260, 120, 460, 300)
+    copy = tmp_path / "copy.jpg"
+    coffee.crop(box).rotate(8).save(copy, quality=50)
+    (photo_dir / "chelsea.jpg").unlink()  # an indexed file gone since: left unverified
+
+    hits = coll.search(copy, k=6, verify=6)
+    assert hits[0].id == "coffee.jpg" and hits[0].inliers is not None
+    assert all(abs(a - b) <= 20 for a, b in zip(hits[0].box, box, strict=True))
+    assert [h.inliers for h in hits[1:]] == [None] * 5 and len(hits) == 6
+    assert hits[0].to_dict()["inliers"] == hits[0].inliers
+    # "More like this" verifies against the indexed file itself, which it leaves out.
+    like = coll.search(like="coffee.jpg", k=3, verify=5)
+    assert "coffee.jpg" not in [h.id for h in like]
+    assert [h.inliers for h in like] == [None] * 3
+    with pytest.raises(LookalikeError, match="verify"):
+        coll.search(copy, verify=-1)

@@ -121,10 +121,13 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
 @click.option("--query-regions", default="none", show_default=True,
               help="Also search with regions of the query (grid:2, proposals:4...): for "
                    "partial copies and queries showing the target among other things.")
+@click.option("--verify", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Re-rank this many top hits by matching keypoints (needs the `verify` "
+                   "extra): images that contain the query or a copy of it come first.")
 def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
            metric: str, as_json: bool, queries: Path | None, run_path: Path | None,
            nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None,
-           min_grade: float | None, query_regions: str) -> None:
+           min_grade: float | None, query_regions: str, verify: int) -> None:
     """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
     from lookalike.collection import Collection
     from lookalike.trec import read_queries, write_run
@@ -143,18 +146,20 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
             items = [(q.image, q.crop) if q.crop else q.image for q in parsed]
             results = coll.search_many(items, k=k, metric=metric,  # type: ignore[arg-type]
                                        options=options, min_grade=min_grade,
-                                       query_regions=query_regions)
+                                       query_regions=query_regions, verify=verify)
             write_run(run_path, {q.id: hits for q, hits in zip(parsed, results, strict=True)})
             click.echo(f"{run_path}: {len(parsed)} queries, top {k} each")
             return
         hits = coll.search(image, crop=crop, like=like, k=k, metric=metric,  # type: ignore[arg-type]
-                           options=options, min_grade=min_grade, query_regions=query_regions)
+                           options=options, min_grade=min_grade, query_regions=query_regions,
+                           verify=verify)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
     for hit in hits:
         grade = f"  grade {hit.grade:.2f}" if hit.grade is not None else ""
-        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}{grade}")
+        verified = f"  verified ({hit.inliers} matches)" if hit.inliers is not None else ""
+        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}{grade}{verified}")
 
 
 @cli.command()

@@ -15,6 +15,7 @@ where it stopped; manifest and index are replaced atomically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,15 +26,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lookalike import verification
 from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
-from lookalike.images import IMAGE_SUFFIXES, Box, ImageSource, decode
+from lookalike.images import IMAGE_SUFFIXES, Box, ImageError, ImageSource, decode
 from lookalike.index import IndexError_, VectorIndex, create_index, load_index
 from lookalike.index.spec import Number
-from lookalike.regions import parse_regions
+from lookalike.regions import Regions, parse_regions
+from lookalike.verification import Keypoints, keypoints
 
 FORMAT_VERSION = 1
 Metric = Literal["cosine", "dot", "l2"]
@@ -52,10 +55,13 @@ class Hit:
     box: Box
     grade: float | None = None  # calibrated expected grade 0-5, once calibrated
     p_relevant: tuple[float, ...] | None = None  # P(grade >= g), g = 1..5
+    inliers: int | None = None  # keypoint matches that verified it (search `verify`)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
                "box": list(self.box)}
+        if self.inliers is not None:
+            out["inliers"] = self.inliers
         if self.grade is not None:
             out["grade"] = round(self.grade, 4)
             out["p_relevant"] = [round(p, 4) for p in self.p_relevant or ()]
@@ -416,35 +422,75 @@ class Collection:
     def search(self, image: ImageSource | None = None, *, crop: Box | None = None,
                like: str | None = None, k: int = 10, metric: Metric = "cosine",
                options: Mapping[str, Number] | None = None,
-               min_grade: float | None = None, query_regions: str = "none") -> list[Hit]:
+               min_grade: float | None = None, query_regions: str = "none",
+               verify: int = 0) -> list[Hit]:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
         indexed id (`like`, which is left out of its own results). `query_regions`
-        (a regions spec) also searches with regions of the query image."""
-        if like is None and query_regions != "none":
-            if image is None:
-                raise LookalikeError("nothing to search for: give an image or an indexed id")
-            item: EncodeInput = (image, crop) if crop is not None else image
-            return self.search_many([item], k=k, metric=metric, options=options,
-                                    min_grade=min_grade, query_regions=query_regions)[0]
-        query = self.query_vector(image, crop=crop, like=like)
-        exclude = {like} if like else set()
-        return self.search_vectors(query[None, :], k=k, metric=metric, exclude=[exclude],
-                                   options=options, min_grade=min_grade)[0]
+        (a regions spec) also searches with regions of the query image; `verify` re-ranks
+        that many top hits by geometric verification (see `search_many`)."""
+        if like is not None and (image is not None or crop is not None):
+            raise LookalikeError("give either a query image or an indexed id, not both")
+        if like is None and image is None:
+            raise LookalikeError("nothing to search for: give an image or an indexed id")
+        exclude = [{like}] if like else None
+        if like is not None and query_regions == "none" and not verify:
+            return self.search_vectors(self.query_vector(like=like)[None, :], k=k,
+                                       metric=metric, exclude=exclude, options=options,
+                                       min_grade=min_grade)[0]
+        if like is not None:
+            if self.catalog.image(like) is None:
+                raise LookalikeError(f"{like}: no such id in the collection")
+            image = (self.root or self.path) / like
+        assert image is not None
+        item: EncodeInput = (image, crop) if crop is not None else image
+        return self._search_items([item], k=k, metric=metric, options=options,
+                                  min_grade=min_grade, query_regions=query_regions,
+                                  verify=verify, exclude=exclude)[0]
 
     def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
                     metric: Metric = "cosine", progress: bool = False,
                     options: Mapping[str, Number] | None = None,
-                    min_grade: float | None = None, query_regions: str = "none"
-                    ) -> list[list[Hit]]:
-        """Batch search: images or `(image, box)` crops, embedded in batches. With
-        `query_regions` (`grid:2`, `proposals:4`...), each query's regions search too and an
-        image scores by its best match with any of them: for partial copies, and for
-        queries that show the target among other things."""
+                    min_grade: float | None = None, query_regions: str = "none",
+                    verify: int = 0) -> list[list[Hit]]:
+        """Batch search: images or `(image, box)` crops, embedded in batches.
+
+        With `query_regions` (`grid:2`, `proposals:4`...), each query's regions search too
+        and an image scores by its best match with any of them: for partial copies, and for
+        queries that show the target among other things. With `verify` (say 50), that many
+        top hits are checked by geometric verification (`lookalike.verification`): the
+        images that contain the query, or a copy of it, move to the top, most keypoint
+        matches first, with the box where the query lies; the rest keep their order.
+        """
+        return self._search_items(items, k=k, metric=metric, progress=progress,
+                                  options=options, min_grade=min_grade,
+                                  query_regions=query_regions, verify=verify)
+
+    def _search_items(self, items: Sequence[EncodeInput], *, k: int, metric: Metric,
+                      progress: bool = False, options: Mapping[str, Number] | None = None,
+                      min_grade: float | None = None, query_regions: str = "none",
+                      verify: int = 0, exclude: Sequence[set[str]] | None = None
+                      ) -> list[list[Hit]]:
+        if metric not in METRICS:
+            raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if verify < 0:
+            raise LookalikeError(f"verify must be >= 0, got {verify}")
+        wanted = max(self._wanted(k, min_grade), verify)
         regions = parse_regions(query_regions)
         if regions is None:
             vectors = self.encoder.encode(list(items), progress=progress)
-            return self.search_vectors(vectors.reshape(-1, self.dim), k=k, metric=metric,
-                                       options=options, min_grade=min_grade)
+            rows = self._nearest(vectors.reshape(-1, self.dim), wanted, exclude, options)
+        else:
+            rows = self._nearest_with_regions(items, regions, wanted, exclude, options,
+                                              progress)
+        if verify:
+            rows = [_verified(item, hits, verify) for item, hits in zip(items, rows, strict=True)]
+        return [self._finish(hits, k, metric, min_grade) for hits in rows]
+
+    def _nearest_with_regions(self, items: Sequence[EncodeInput], regions: Regions,
+                              wanted: int, exclude: Sequence[set[str]] | None,
+                              options: Mapping[str, Number] | None, progress: bool
+                              ) -> list[list[Hit]]:
+        """Each query searches with itself and its regions; an image keeps its best hit."""
         # A crop query is split like a whole image: cut it out first.
         images = [decode(i[0]).crop(i[1]) if isinstance(i, tuple) else i for i in items]
         owners: list[int] = []
@@ -458,14 +504,13 @@ class Collection:
                 owners += [pos] * len(own)
         order = np.argsort(owners, kind="stable")
         vectors = np.concatenate(vectors_list)[order]
-        owner_of = np.asarray(owners)[order]
-        wanted = self._wanted(k, min_grade)
-        rows = self._nearest(vectors, wanted, None, options)
+        owner_of = np.asarray(owners)[order].tolist()
+        skip = [exclude[o] for o in owner_of] if exclude else None
         merged: list[list[Hit]] = [[] for _ in items]
-        for row, hits in zip(owner_of.tolist(), rows, strict=True):
+        for row, hits in zip(owner_of, self._nearest(vectors, wanted, skip, options),
+                             strict=True):
             merged[row] += hits
-        best = [_best_per_image(hits)[:wanted] for hits in merged]
-        return [self._finish(hits, k, metric, min_grade) for hits in best]
+        return [_best_per_image(hits)[:wanted] for hits in merged]
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
                        exclude: Sequence[set[str]] | None = None,
@@ -535,6 +580,45 @@ class Collection:
             hits = _graded(hits, self.calibration, min_grade)
         return [replace(h, rank=rank, score=_metric_score(h.score, metric))
                 for rank, h in enumerate(hits[:k], start=1)]
+
+
+def _verified(query: EncodeInput, hits: list[Hit], depth: int) -> list[Hit]:
+    """The first `depth` hits re-ranked by geometric verification against the query: those
+    that verify first (most inliers first, boxed where the query lies), then the others in
+    their order, then the hits past `depth`."""
+    if isinstance(query, tuple):
+        source, box = query
+        query_points = keypoints(decode(source).crop(box))
+    else:
+        query_points = keypoints(decode(query).image)
+    checked, unverified = [], []
+    for hit in hits[:depth]:
+        found = _file_keypoints(hit.path)
+        match = verification.verify(query_points, found) if found is not None else None
+        if match is None:
+            unverified.append(hit)
+        else:
+            checked.append(replace(hit, inliers=match.inliers, box=match.box))
+    checked.sort(key=lambda h: -(h.inliers or 0))
+    return checked + unverified + hits[depth:]
+
+
+def _file_keypoints(path: str) -> Keypoints | None:
+    """An indexed file's keypoints, cached while the file is unchanged; None if it is gone
+    or no longer decodes (the hit then simply stays unverified)."""
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _cached_keypoints(path, stamp)
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_keypoints(path: str, mtime_ns: int) -> Keypoints | None:
+    try:
+        return keypoints(decode(path).image)
+    except ImageError:
+        return None
 
 
 def _best_per_image(hits: list[Hit]) -> list[Hit]:

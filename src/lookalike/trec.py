@@ -62,13 +62,18 @@ def read_queries(path: str | Path) -> list[Query]:
 
 def write_run(path: str | Path, results: Mapping[str, Sequence[Hit]], tag: str = "lookalike"
               ) -> None:
-    """Write `QID Q0 DOCID RANK SCORE TAG` lines, atomically."""
+    """Write `QID Q0 DOCID RANK SCORE TAG` lines, atomically. trec_eval orders a query's
+    documents by score, not rank, so where a re-ranking (`verify`) put a lower score above a
+    higher one, the scores written are lowered to keep the order (by 1e-6 a step)."""
     with atomic_write(Path(path)) as fh:
         for qid, hits in results.items():
+            ceiling = float("inf")
             for hit in hits:
                 if any(c.isspace() for c in hit.id):
                     raise LookalikeError(f"{hit.id!r}: a TREC run cannot hold ids with spaces")
-                fh.write(f"{qid} Q0 {hit.id} {hit.rank} {hit.score:.6f} {tag}\n")
+                score = min(round(hit.score, 6), ceiling)
+                ceiling = score - 1e-6
+                fh.write(f"{qid} Q0 {hit.id} {hit.rank} {score:.6f} {tag}\n")
 
 
 def _fields(path: Path, expected: int, shape: str) -> list[tuple[str, list[str]]]:

@@ -1,0 +1,133 @@
+"""Geometric verification: re-rank a shortlist by how many local features of the query agree
+on one placement (shift, scale, rotation) inside each candidate.
+
+An embedding says two images look alike; it cannot say that one is a piece of the other. A
+crop, a rotated or re-encoded partial copy, or a re-saved duplicate shares keypoints with its
+source that line up under a single similarity transform, and unrelated images almost never
+do. This is the spatial-verification stage of instance retrieval (Philbin et al., 2007),
+with ORB keypoints (OpenCV, the `verify` extra) and RANSAC; it also tells where in the
+candidate the query lies, which becomes the hit's box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.errors import LookalikeError
+from lookalike.images import Box
+
+FEATURES = 3000         # ORB keypoints an image: a 25 % crop keeps only ~1/16 of them
+CELLS = 4               # ... so they are spread over CELLS x CELLS parts of the image
+CANDIDATES = 20000      # corners detected before the spreading
+MAX_SIDE = 1024         # images are shrunk to this first: keypoints cost grows with pixels
+RATIO = 0.8             # Lowe's ratio test on the two nearest descriptors
+REPROJECTION_PX = 8.0   # RANSAC inlier distance, in the candidate's working pixels
+MIN_INLIERS = 8         # fewer agreeing matches than this is chance (measured: see RESULTS)
+SCALE_RANGE = (0.1, 10.0)  # a placement outside this is degenerate (points collapse)
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise LookalikeError("geometric verification needs OpenCV: "
+                             "pip install 'lookalike[verify]'") from None
+    cv2.setNumThreads(1)
+    return cv2
+
+
+@dataclass(frozen=True)
+class Keypoints:
+    """ORB keypoints of one image: `points` (n, 2) in working pixels (the image shrunk by
+    `scale` to at most `MAX_SIDE`), `descriptors` (n, 32) uint8, `size` the image's own."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int]
+    scale: float
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def keypoints(image: Image.Image, count: int = FEATURES) -> Keypoints:
+    """Detect and describe up to `count` ORB keypoints of an RGB image."""
+    cv2 = _cv2()
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    work = image if scale == 1.0 else image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.BILINEAR, reducing_gap=2.0)
+    grey = np.asarray(work.convert("L"))
+    orb = cv2.ORB_create(nfeatures=CANDIDATES, fastThreshold=5)
+    found, descriptors = orb.compute(grey, _spread(orb.detect(grey, None), grey.shape, count))
+    points = np.array([k.pt for k in found], np.float32).reshape(-1, 2)
+    if descriptors is None:
+        descriptors = np.empty((0, 32), np.uint8)
+    return Keypoints(points, descriptors, image.size, scale)
+
+
+def _spread(found: Any, shape: tuple[int, ...], count: int) -> list[Any]:
+    """The strongest `count / CELLS**2` corners of each cell: ORB's own top `count` crowd into
+    the most textured part, and a crop of a quiet part then has none to match (spreading
+    them raised a 25 % crop's R@1 from 0.76 to 0.79 on photo-crops)."""
+    height, width = shape[:2]
+    cells: dict[int, list[Any]] = {}
+    for point in found:
+        x, y = point.pt
+        cell = min(int(y * CELLS / height), CELLS - 1) * CELLS + min(int(x * CELLS / width),
+                                                                      CELLS - 1)
+        cells.setdefault(cell, []).append(point)
+    per_cell = max(1, count // CELLS**2)
+    return [point for members in cells.values()
+            for point in sorted(members, key=lambda p: -p.response)[:per_cell]]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A verified placement: the matches that agree on it and the query's box in the
+    candidate's pixels."""
+
+    inliers: int
+    box: Box
+
+
+def verify(query: Keypoints, candidate: Keypoints) -> Match | None:
+    """Where `query` lies inside `candidate`, if at least `MIN_INLIERS` keypoint matches agree
+    on one similarity transform; otherwise None."""
+    if len(query) < MIN_INLIERS or len(candidate) < MIN_INLIERS:
+        return None
+    cv2 = _cv2()
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors,
+                                                     k=2)
+    best: dict[int, Any] = {}  # one query keypoint a candidate keypoint, the closest
+    for pair in pairs:
+        if len(pair) == 2 and pair[0].distance < RATIO * pair[1].distance:
+            first = pair[0]
+            if first.trainIdx not in best or first.distance < best[first.trainIdx].distance:
+                best[first.trainIdx] = first
+    if len(best) < MIN_INLIERS:
+        return None
+    matches = list(best.values())
+    source = query.points[[m.queryIdx for m in matches]]
+    target = candidate.points[[m.trainIdx for m in matches]]
+    transform, inlier_mask = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX)
+    if transform is None or inlier_mask is None:
+        return None
+    inliers = int(inlier_mask.sum())
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    if inliers < MIN_INLIERS or not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
+        return None
+    width, height = np.asarray(query.size) * query.scale
+    corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]], float)
+    placed = corners @ transform.T / candidate.scale
+    cw, ch = candidate.size
+    x0, y0 = np.clip(placed.min(0), 0, [cw, ch]).astype(int)
+    x1, y1 = np.clip(np.ceil(placed.max(0)), 0, [cw, ch]).astype(int)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return Match(inliers, (int(x0), int(y0), int(x1), int(y1)))
