@@ -4,9 +4,9 @@ on one placement (shift, scale, rotation) inside each candidate.
 An embedding says two images look alike; it cannot say that one is a piece of the other. A
 crop, a rotated or re-encoded partial copy, or a re-saved duplicate shares keypoints with its
 source that line up under a single similarity transform, and unrelated images almost never
-do. This is the spatial-verification stage of instance retrieval (Philbin et al., 2007),
-with ORB keypoints (OpenCV, the `verify` extra) and RANSAC; it also tells where in the
-candidate the query lies, which becomes the hit's box.
+do. This is the spatial-verification stage of instance retrieval (Philbin et al., 2007):
+ORB keypoints and RANSAC from OpenCV (the `verify` extra), descriptors matched by faiss. It
+also tells where in the candidate the query lies, which becomes the hit's box.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import faiss
 import numpy as np
 from PIL import Image
 
@@ -74,16 +75,30 @@ def _spread(found: Any, shape: tuple[int, ...], count: int) -> list[Any]:
     """The strongest `count / CELLS**2` corners of each cell: ORB's own top `count` crowd into
     the most textured part, and a crop of a quiet part then has none to match (spreading
     them raised a 25 % crop's R@1 from 0.76 to 0.79 on photo-crops)."""
+    if not found:
+        return []
     height, width = shape[:2]
-    cells: dict[int, list[Any]] = {}
-    for point in found:
-        x, y = point.pt
-        cell = min(int(y * CELLS / height), CELLS - 1) * CELLS + min(int(x * CELLS / width),
-                                                                      CELLS - 1)
-        cells.setdefault(cell, []).append(point)
-    per_cell = max(1, count // CELLS**2)
-    return [point for members in cells.values()
-            for point in sorted(members, key=lambda p: -p.response)[:per_cell]]
+    points = np.array([p.pt for p in found]).reshape(-1, 2)
+    response = np.array([p.response for p in found])
+    cell = (np.minimum(points[:, 1] * CELLS // height, CELLS - 1) * CELLS
+            + np.minimum(points[:, 0] * CELLS // width, CELLS - 1))
+    order = np.lexsort((-response, cell))  # by cell, strongest first
+    first = np.searchsorted(cell[order], cell[order], side="left")
+    kept = order[np.arange(len(order)) - first < max(1, count // CELLS**2)]
+    return [found[i] for i in kept]
+
+
+def _matches(query: Keypoints, candidate: Keypoints) -> tuple[np.ndarray, np.ndarray]:
+    """Matched point pairs: each query descriptor's nearest candidate descriptor (Hamming,
+    faiss's binary index), kept when clearly nearer than the second (Lowe's ratio test), at
+    most one query point a candidate point (the nearest)."""
+    index = faiss.IndexBinaryFlat(candidate.descriptors.shape[1] * 8)
+    index.add(candidate.descriptors)
+    distances, nearest = index.search(query.descriptors, 2)
+    rows = np.flatnonzero(distances[:, 0] < RATIO * distances[:, 1])
+    rows = rows[np.lexsort((distances[rows, 0], nearest[rows, 0]))]  # by target, nearest first
+    rows = rows[np.r_[True, np.diff(nearest[rows, 0]) != 0]] if len(rows) else rows
+    return query.points[rows], candidate.points[nearest[rows, 0]]
 
 
 @dataclass(frozen=True)
@@ -100,20 +115,10 @@ def verify(query: Keypoints, candidate: Keypoints) -> Match | None:
     on one similarity transform; otherwise None."""
     if len(query) < MIN_INLIERS or len(candidate) < MIN_INLIERS:
         return None
-    cv2 = _cv2()
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors,
-                                                     k=2)
-    best: dict[int, Any] = {}  # one query keypoint a candidate keypoint, the closest
-    for pair in pairs:
-        if len(pair) == 2 and pair[0].distance < RATIO * pair[1].distance:
-            first = pair[0]
-            if first.trainIdx not in best or first.distance < best[first.trainIdx].distance:
-                best[first.trainIdx] = first
-    if len(best) < MIN_INLIERS:
+    source, target = _matches(query, candidate)
+    if len(source) < MIN_INLIERS:
         return None
-    matches = list(best.values())
-    source = query.points[[m.queryIdx for m in matches]]
-    target = candidate.points[[m.trainIdx for m in matches]]
+    cv2 = _cv2()
     transform, inlier_mask = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX)
     if transform is None or inlier_mask is None:
