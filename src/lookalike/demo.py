@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
@@ -23,6 +24,7 @@ class DemoQuery:
     image: Path | None = None
     crop: Box | None = None
     like: str | None = None
+    verify: int = 0
 
 
 def samples_dir() -> Path:
@@ -38,9 +40,12 @@ def _make_query_images(samples: Path, folder: Path) -> dict[str, Path]:
     rocket = Image.open(samples / "rocket.jpg").convert("RGB")
     w, h = rocket.size
     reframed = ImageEnhance.Brightness(rocket.crop((w // 10, 0, w, h * 9 // 10))).enhance(0.8)
-    paths = {"coffee": folder / "coffee_edited.jpg", "rocket": folder / "rocket_reframed.jpg"}
+    piece = coffee.crop((250, 100, 500, 300)).rotate(10, expand=True).resize((200, 180))
+    paths = {"coffee": folder / "coffee_edited.jpg", "rocket": folder / "rocket_reframed.jpg",
+             "piece": folder / "coffee_piece.jpg"}
     edited.save(paths["coffee"], quality=70)
     reframed.save(paths["rocket"], quality=70)
+    piece.save(paths["piece"], quality=50)
     return paths
 
 
@@ -53,7 +58,7 @@ def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) ->
         f"<h1>lookalike demo</h1><p>Encoder <code>{html.escape(model)}</code>, "
         "exact cosine search over the bundled sample photos and a 2x2 + 3x3 grid of regions "
         "of each. Red boxes: the query's crop, and the region of a result that matched "
-        "best.</p>",
+        "best (for a verified result, where the query lies in it).</p>",
     ]
     for query, picture, hits in rows:
         parts.append(f"<section><h2>{html.escape(query.title)}</h2>")
@@ -62,8 +67,9 @@ def _render(rows: list[tuple[DemoQuery, Image.Image, list[Hit]]], model: str) ->
         for hit in hits:
             shown = decode(Path(hit.path)).image
             region = hit.box if hit.box != (0, 0, *shown.size) else None
+            verified = f"<br>verified: {hit.inliers} matches" if hit.inliers else ""
             parts.append(f"<figure><img src='{thumbnail_uri(shown, region)}'>#{hit.rank} "
-                         f"{html.escape(hit.id)}<br>{hit.score:.3f}</figure>")
+                         f"{html.escape(hit.id)}<br>{hit.score:.3f}{verified}</figure>")
         parts.append("</section>")
     return "\n".join(parts)
 
@@ -82,15 +88,20 @@ def run_demo(out: Path, k: int = 4) -> Path:
                   image=samples / "astronaut.jpg", crop=(120, 0, 400, 250)),
         DemoQuery("More like this: an indexed photo (itself left out)", like="camera.jpg"),
     ]
+    if find_spec("cv2") is not None:  # the `verify` extra
+        queries.insert(2, DemoQuery("A rotated, shrunk piece of a photo, verified by keypoints "
+                                    "(box: where it lies)", image=edited["piece"], verify=10))
     with Collection.open_or_create(out / "collection", regions="grid") as coll:
         report = coll.index_folder(samples, progress=True)
         print(f"indexed {len(coll)} sample photos ({report.summary()})")
         rows = []
         for query in queries:
-            hits = coll.search(query.image, crop=query.crop, like=query.like, k=k)
+            hits = coll.search(query.image, crop=query.crop, like=query.like, k=k,
+                               verify=query.verify)
             source = query.image or samples / (query.like or "")
             rows.append((query, decode(source).image, hits))
-            best = ", ".join(f"{h.id} {h.score:.3f}" for h in hits[:3])
+            best = ", ".join(f"{h.id} {h.score:.3f}" + (" verified" if h.inliers else "")
+                             for h in hits[:3])
             print(f"{query.title}: {best}")
         page = out / "demo.html"
         page.write_text(_render(rows, coll.manifest["encoder"]["name"]))
