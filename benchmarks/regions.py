@@ -123,9 +123,11 @@ def main() -> None:
                                      mean_of(values["ndcg@10"], kind)) for kind in KINDS}))
             if args.quality_set and not query_spec:
                 q_coll, _ = index(db_spec, args.quality_set / "database", Path(tmp), encoder)
-                q_values = evaluate(*run_and_qrels(q_coll, args.quality_set, "none"),
-                                    ["map", "ndcg@10"])
-                quality.append((spec, mean_of(q_values["map"]), mean_of(q_values["ndcg@10"])))
+                for verify in sorted({0, args.verify}):
+                    q_values = evaluate(*run_and_qrels(q_coll, args.quality_set, "none",
+                                                       verify), ["map", "ndcg@10"])
+                    quality.append((spec + (f" +verify {verify}" if verify else ""),
+                                    mean_of(q_values["map"]), mean_of(q_values["ndcg@10"])))
 
     print(f"{args.set}: {len(coll)} database images, {args.model}\n")
     print("| regions | index ms/image | vectors/image | KiB/image | ms/query |")

@@ -97,8 +97,10 @@ def test_demo_writes_a_page(tmp_path: Path) -> None:
     page = Path(result.stdout.strip().splitlines()[-1])
     assert page.is_file()
     text = page.read_text()
-    assert text.count("<section>") == 5 and "coffee.jpg" in text and "data:image/jpeg" in text
+    assert text.count("<section>") == 6 and "coffee.jpg" in text and "data:image/jpeg" in text
     assert "Crop query: the cat's face: chelsea.jpg" in result.stdout
+    assert "verified by keypoints (box: where it lies): coffee.jpg" in result.stdout
+    assert "verified: " in text
 
 
 def test_metrics_command(tmp_path: Path) -> None:
