@@ -1,14 +1,15 @@
 """Region search: crops and partial copies finding their source, per `--regions` strategy.
 
     .venv/bin/python benchmarks/regions.py [--set DIR] [--regions none grid proposals]
-        [--quality-set DIR]
+        [--quality-set DIR] [--verify 50]
     .venv/bin/python benchmarks/regions.py --cost 300 [--repeats 3]   # indexing cost only
 
 `--set` is a `lookalike dataset photo-crops` folder (built there when missing). For each
 strategy: index time and memory an image, then mAP and R@1 of the source tile (grade 5)
 and nDCG@10 (other tiles of the same wallpaper count 1) per query kind. `--quality-set`
 (a built emoji or fashion-mnist folder) adds whole-image queries on graded categories, to
-check that regions do not hurt them.
+check that regions do not hurt them. `--verify N` adds, for each strategy, the same queries
+with geometric verification of the top N hits, and the time a query either way.
 """
 
 from __future__ import annotations

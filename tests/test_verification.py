@@ -10,8 +10,8 @@ from PIL import Image
 
 pytest.importorskip("cv2")
 
-from lookalike.images import decode  # noqa: E402
-from lookalike.verification import MIN_INLIERS, keypoints, verify  # noqa: E402
+from lookalike.images import decode
+from lookalike.verification import MIN_INLIERS, keypoints, verify
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
