@@ -121,23 +121,29 @@ def test_other_encoder_is_refused(tmp_path: Path, photo_dir: Path, encoder) -> N
         Collection.open(tmp_path / "coll").index_folder(tmp_path / "missing")
 
 
-def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samples,  # type: ignore[no-untyped-def]
-                                                            encoder) -> None:
-    """A detail of one photo, pasted small into a collage, is found through region vectors:
-    the hit carries the region's box, and all of an image's vectors go when it goes."""
+def _collages(tmp_path: Path, samples: list[Path]) -> tuple[Path, Path]:
+    """Four collages of four photos in a 2x2 layout, and a query: one of the photos, which
+    fills the bottom-left quadrant of collage 1 and the top-right one of collage 3."""
     from PIL import Image
 
     root = tmp_path / "collages"
     root.mkdir()
     photos = [Image.open(p).convert("RGB").resize((300, 300)) for p in samples[:8]]
-    for i in range(4):  # each collage: four photos in a 2x2 layout
+    for i in range(4):
         collage = Image.new("RGB", (600, 600))
         for j, (x, y) in enumerate([(0, 0), (300, 0), (0, 300), (300, 300)]):
             collage.paste(photos[(i + j * 2) % 8], (x, y))
         collage.save(root / f"collage{i}.jpg")
     query = tmp_path / "q.jpg"
-    photos[5].save(query)  # in collage 1 (bottom-left) and collage 3 (top-right)
+    photos[5].save(query)
+    return root, query
 
+
+def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samples,  # type: ignore[no-untyped-def]
+                                                            encoder) -> None:
+    """A detail of one photo, pasted small into a collage, is found through region vectors:
+    the hit carries the region's box, and all of an image's vectors go when it goes."""
+    root, query = _collages(tmp_path, samples)
     coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="grid")
     coll.index_folder(root)
     assert coll.vector_count() == 4 * 14
@@ -160,7 +166,7 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
     # The other way round: a collage as the query, split into regions, finds a single photo
     # better than its whole-image vector does.
     singles = Collection.create(tmp_path / "singles", encoder=encoder)
-    photos[5].save(root / "single.jpg")
+    shutil.copy(query, root / "single.jpg")
     singles.index_folder(root)
     collage = root / "collage1.jpg"
     split = singles.search(collage, k=len(singles), query_regions="grid:2")
@@ -178,6 +184,36 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
     assert coll.vector_count() == 3 * 14
     with pytest.raises(LookalikeError, match="unknown regions spec"):
         Collection.create(tmp_path / "bad", encoder=encoder, regions="grid:9")
+
+
+def test_regions_at_a_lower_resolution_match_a_query_embedded_at_theirs(  # type: ignore[no-untyped-def]
+        tmp_path: Path, samples, encoder) -> None:
+    """`grid@128`: region vectors are embedded at 128 px and whole images at the model's
+    224; each query vector is matched with the indexed vectors of its own size."""
+    from PIL import Image
+
+    root, query = _collages(tmp_path, samples)
+    coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="grid@128")
+    assert coll.manifest["regions"] == "grid:3@128"
+    coll.index_folder(root)
+    assert coll.vector_count() == 4 * 14
+    whole, region = coll.catalog.vector_rows("collage1.jpg")[:2]
+    assert whole.box == (0, 0, 600, 600)
+    collage = Image.open(root / "collage1.jpg").convert("RGB")
+    small = encoder.at_size(128)
+    assert float(small.encode(collage.crop(region.box)) @ region.vector) > 0.999
+    assert float(encoder.encode(collage) @ whole.vector) > 0.999
+
+    hits = coll.search(query, k=4)
+    assert {h.id for h in hits[:2]} == {"collage1.jpg", "collage3.jpg"}
+    assert hits[0].box in ((0, 300, 300, 600), (300, 0, 600, 300))
+    # A whole indexed image matches itself at its own size: score ~1, not a 128 px vector's.
+    same = coll.search(root / "collage2.jpg", k=1)[0]
+    assert same.id == "collage2.jpg" and same.score > 0.999
+    like = coll.search(like="collage2.jpg", k=3)
+    assert "collage2.jpg" not in {h.id for h in like} and len(like) == 3
+    with pytest.raises(LookalikeError, match="unknown regions spec"):
+        Collection.create(tmp_path / "bad", encoder=encoder, regions="grid@8")
 
 
 def test_proposals_follow_the_activations_and_find_a_small_detail(tmp_path: Path, samples,  # type: ignore[no-untyped-def]

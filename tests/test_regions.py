@@ -34,6 +34,9 @@ def test_grid_and_specs() -> None:
     assert parse_regions("grid") == Regions("grid", 3)
     assert str(parse_regions("Proposals")) == "proposals:8"
     assert parse_regions("proposals:12") == Regions("proposals", 12)
-    for bad in ("grid:1", "grid:7", "proposals:0", "proposals:x", "boxes"):
+    assert parse_regions("grid@160") == Regions("grid", 3, 160)
+    assert str(parse_regions("proposals:4@96")) == "proposals:4@96"
+    for bad in ("grid:1", "grid:7", "proposals:0", "proposals:x", "boxes", "grid@", "grid@16",
+                "grid@x"):
         with pytest.raises(LookalikeError, match="unknown regions spec"):
             parse_regions(bad)

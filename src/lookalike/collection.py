@@ -40,6 +40,7 @@ from lookalike.verification import Keypoints, keypoints
 
 FORMAT_VERSION = 1
 Metric = Literal["cosine", "dot", "l2"]
+VectorKind = Literal["all", "whole", "regions"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
 
 
@@ -433,7 +434,7 @@ class Collection:
         if like is None and image is None:
             raise LookalikeError("nothing to search for: give an image or an indexed id")
         exclude = [{like}] if like else None
-        if like is not None and query_regions == "none" and not verify:
+        if like is not None and query_regions == "none" and not verify and not self._two_sizes:
             return self.search_vectors(self.query_vector(like=like)[None, :], k=k,
                                        metric=metric, exclude=exclude, options=options,
                                        min_grade=min_grade)[0]
@@ -475,41 +476,44 @@ class Collection:
         if verify < 0:
             raise LookalikeError(f"verify must be >= 0, got {verify}")
         wanted = max(self._wanted(k, min_grade), verify)
-        regions = parse_regions(query_regions)
-        if regions is None:
-            vectors = self.encoder.encode(list(items), progress=progress)
-            rows = self._nearest(vectors.reshape(-1, self.dim), wanted, exclude, options)
-        else:
-            rows = self._nearest_with_regions(items, regions, wanted, exclude, options,
-                                              progress)
+        rows = self._query_rows(items, parse_regions(query_regions), wanted, exclude, options,
+                                progress)
         if verify:
             rows = [_verified(item, hits, verify) for item, hits in zip(items, rows, strict=True)]
         return [self._finish(hits, k, metric, min_grade) for hits in rows]
 
-    def _nearest_with_regions(self, items: Sequence[EncodeInput], regions: Regions,
-                              wanted: int, exclude: Sequence[set[str]] | None,
-                              options: Mapping[str, Number] | None, progress: bool
-                              ) -> list[list[Hit]]:
-        """Each query searches with itself and its regions; an image keeps its best hit."""
-        # A crop query is split like a whole image: cut it out first.
-        images = [decode(i[0]).crop(i[1]) if isinstance(i, tuple) else i for i in items]
-        owners: list[int] = []
-        vectors_list: list[np.ndarray] = []
-        for batch in self.encoder.iter_batches(images, progress=progress, regions=regions):
-            if batch.failures:
-                raise batch.failures[0][1]
-            for i, pos in enumerate(batch.positions):
-                own = np.concatenate([batch.vectors[i][None], batch.region_vectors[i]])
-                vectors_list.append(own)
-                owners += [pos] * len(own)
-        order = np.argsort(owners, kind="stable")
-        vectors = np.concatenate(vectors_list)[order]
-        owner_of = np.asarray(owners)[order].tolist()
-        skip = [exclude[o] for o in owner_of] if exclude else None
+    @property
+    def _region_size(self) -> int | None:
+        regions = parse_regions(self.manifest.get("regions", "none"))
+        return regions.size if regions else None
+
+    @property
+    def _two_sizes(self) -> bool:
+        """Regions are embedded at another input size than whole images (`grid@160`)."""
+        size = self._region_size
+        return size is not None and size != self.encoder.preprocess.size
+
+    def _query_rows(self, items: Sequence[EncodeInput], regions: Regions | None, wanted: int,
+                    exclude: Sequence[set[str]] | None, options: Mapping[str, Number] | None,
+                    progress: bool) -> list[list[Hit]]:
+        """Each query's `wanted` best images. With query `regions`, the query's regions
+        search too and an image keeps its best hit. When the collection's regions are at
+        another size, the queries are embedded at both sizes, and each vector searches the
+        indexed vectors of its own size."""
+        passes: list[tuple[Encoder, VectorKind]] = [(self.encoder, "all")]
+        if self._two_sizes:
+            assert self._region_size is not None
+            passes = [(self.encoder, "whole"), (self.encoder.at_size(self._region_size),
+                                                "regions")]
         merged: list[list[Hit]] = [[] for _ in items]
-        for row, hits in zip(owner_of, self._nearest(vectors, wanted, skip, options),
-                             strict=True):
-            merged[row] += hits
+        for encoder, kind in passes:
+            vectors, owners = _query_vectors(encoder, items, regions, progress)
+            skip = [exclude[o] for o in owners] if exclude else None
+            for owner, hits in zip(owners, self._nearest(vectors, wanted, skip, options, kind),
+                                   strict=True):
+                merged[owner] += hits
+        if len(passes) == 1 and regions is None:
+            return merged
         return [_best_per_image(hits)[:wanted] for hits in merged]
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
@@ -537,41 +541,58 @@ class Collection:
         return max(k, calibration.depth) if calibration else k
 
     def _nearest(self, queries: np.ndarray, wanted: int, exclude: Sequence[set[str]] | None,
-                 options: Mapping[str, Number] | None) -> list[list[Hit]]:
-        """Per query, the `wanted` best images (cosine scores), each by its best vector."""
+                 options: Mapping[str, Number] | None, kind: VectorKind = "all"
+                 ) -> list[list[Hit]]:
+        """Per query, the `wanted` best images (cosine scores), each by its best vector
+        among the `kind` of vectors (whole images, regions, or all)."""
         index = self._load_index()
+        results: list[list[Hit]] = [[] for _ in range(len(queries))]
         if len(index) == 0:
-            return [[] for _ in range(len(queries))]
+            return results
         per_image = max(1, -(-len(index) // max(1, len(self))))  # vectors an image, rounded up
         fetch = min(len(index), (wanted + 1) * per_image)
-        try:
-            scores, vids = index.search(queries, fetch, **(options or {}))
-        except IndexError_ as exc:
-            raise LookalikeError(f"{self.path}: {exc}") from None
-        if self.region_discount and self._is_region.any():
+        rows = list(range(len(queries)))
+        while True:
+            try:
+                scores, vids = index.search(queries[rows], fetch, **(options or {}))
+            except IndexError_ as exc:
+                raise LookalikeError(f"{self.path}: {exc}") from None
+            deeper = []
+            for row, row_scores, row_vids in zip(rows, scores, vids, strict=True):
+                results[row] = self._hits(row_scores, row_vids, wanted,
+                                          exclude[row] if exclude else set(), kind)
+                # An image's regions, or the vectors of the other kind, can crowd a full
+                # shortlist (one with -1s is all the index finds at these options).
+                if len(results[row]) < wanted and row_vids[-1] >= 0:
+                    deeper.append(row)
+            rows = deeper
+            if not rows or fetch == len(index):
+                return results
+            fetch = min(len(index), fetch * 4)
+
+    def _hits(self, scores: np.ndarray, vids: np.ndarray, wanted: int, skip: set[str],
+              kind: VectorKind) -> list[Hit]:
+        """One query's shortlist of vectors -> its best images, a region's score lowered by
+        the region discount."""
+        keep = vids >= 0
+        if kind != "all":
+            keep &= self._is_region[vids] == (kind == "regions")
+        scores, vids = scores[keep], vids[keep]
+        if self.region_discount:
             scores = scores - self.region_discount * self._is_region[vids]
-            order = np.argsort(-scores, axis=1, kind="stable")
-            scores = np.take_along_axis(scores, order, axis=1)
-            vids = np.take_along_axis(vids, order, axis=1)
+        order = np.argsort(-scores, kind="stable")
         root = self.root or self.path
-        results = []
-        for row, (row_scores, row_vids) in enumerate(zip(scores, vids, strict=True)):
-            skip = exclude[row] if exclude else set()
-            hits: list[Hit] = []
-            seen: set[str] = set()
-            for score, vid in zip(row_scores, row_vids, strict=True):
-                if vid < 0:
-                    break
-                image_id, box = self._vector_images[int(vid)]
-                if image_id in seen or image_id in skip:
-                    continue
-                seen.add(image_id)
-                hits.append(Hit(len(hits) + 1, image_id, str(root / image_id),
-                                float(score), box))
-                if len(hits) == wanted:
-                    break
-            results.append(hits)
-        return results
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for score, vid in zip(scores[order], vids[order], strict=True):
+            image_id, box = self._vector_images[int(vid)]
+            if image_id in seen or image_id in skip:
+                continue
+            seen.add(image_id)
+            hits.append(Hit(len(hits) + 1, image_id, str(root / image_id), float(score), box))
+            if len(hits) == wanted:
+                break
+        return hits
 
     def _finish(self, hits: list[Hit], k: int, metric: Metric, min_grade: float | None
                 ) -> list[Hit]:
@@ -580,6 +601,25 @@ class Collection:
             hits = _graded(hits, self.calibration, min_grade)
         return [replace(h, rank=rank, score=_metric_score(h.score, metric))
                 for rank, h in enumerate(hits[:k], start=1)]
+
+
+def _query_vectors(encoder: Encoder, items: Sequence[EncodeInput], regions: Regions | None,
+                   progress: bool) -> tuple[np.ndarray, list[int]]:
+    """The queries' vectors, with their `regions`' vectors after each, and the query each
+    vector belongs to."""
+    if regions is None:
+        return encoder.encode(list(items), progress=progress), list(range(len(items)))
+    # A crop query is split like a whole image: cut it out first.
+    images = [decode(i[0]).crop(i[1]) if isinstance(i, tuple) else i for i in items]
+    vectors: list[np.ndarray] = [np.empty((0, encoder.dim), np.float32)]
+    owners: list[int] = []
+    for batch in encoder.iter_batches(images, progress=progress, regions=regions):
+        if batch.failures:
+            raise batch.failures[0][1]
+        for i, pos in enumerate(batch.positions):
+            vectors += [batch.vectors[i][None], batch.region_vectors[i]]
+            owners += [pos] * (1 + len(batch.region_vectors[i]))
+    return np.concatenate(vectors), owners
 
 
 def _verified(query: EncodeInput, hits: list[Hit], depth: int) -> list[Hit]:

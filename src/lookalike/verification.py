@@ -29,6 +29,7 @@ RATIO = 0.8             # Lowe's ratio test on the two nearest descriptors
 REPROJECTION_PX = 8.0   # RANSAC inlier distance, in the candidate's working pixels
 MIN_INLIERS = 8         # fewer agreeing matches than this is chance (measured: see RESULTS)
 SCALE_RANGE = (0.1, 10.0)  # a placement outside this is degenerate (points collapse)
+BORDER = 32             # ORB's patch reach: corners closer to the edge get no descriptor
 
 
 def _cv2() -> Any:
@@ -63,9 +64,15 @@ def keypoints(image: Image.Image, count: int = FEATURES) -> Keypoints:
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
         Image.Resampling.BILINEAR, reducing_gap=2.0)
     grey = np.asarray(work.convert("L"))
+    # ORB ignores a 31 px border, most of a small crop: mirror the edges out so that it
+    # sees them (the source of a 25 % crop verified for 63 % of the queries, up from 45 %)
+    grey = cv2.copyMakeBorder(grey, BORDER, BORDER, BORDER, BORDER, cv2.BORDER_REFLECT_101)
     orb = cv2.ORB_create(nfeatures=CANDIDATES, fastThreshold=5)
-    found, descriptors = orb.compute(grey, _spread(orb.detect(grey, None), grey.shape, count))
-    points = np.array([k.pt for k in found], np.float32).reshape(-1, 2)
+    inside = [k for k in orb.detect(grey, None)
+              if min(k.pt) >= BORDER and k.pt[0] < grey.shape[1] - BORDER
+              and k.pt[1] < grey.shape[0] - BORDER]
+    found, descriptors = orb.compute(grey, _spread(inside, grey.shape, count))
+    points = np.array([k.pt for k in found], np.float32).reshape(-1, 2) - BORDER
     if descriptors is None:
         descriptors = np.empty((0, 32), np.uint8)
     return Keypoints(points, descriptors, image.size, scale)

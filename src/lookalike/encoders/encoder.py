@@ -57,12 +57,14 @@ class EncodedBatch:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One decoded input: (1 + regions, S, S, 3) uint8 pixels, the whole image first; the
-    decoded image is kept while its regions are still to be chosen (proposals)."""
+    """One decoded input: (1, S, S, 3) uint8 pixels of the whole image and (regions, s, s, 3)
+    of its regions; the decoded image is kept while its regions are still to be chosen
+    (proposals)."""
 
     pixels: np.ndarray
     size: tuple[int, int]
     boxes: list[Box]
+    region_pixels: np.ndarray | None = None
     decoded: DecodedImage | None = None
 
 
@@ -76,6 +78,7 @@ class Encoder:
         self.backend = backend
         self.fingerprint = weights_sha256 or fingerprint(module)
         self._with_activations: Backend | None = None
+        self._resized: dict[int, Encoder] = {}
 
     @property
     def name(self) -> str:
@@ -98,6 +101,26 @@ class Encoder:
             "preprocess": self.preprocess.to_dict(),
         }
 
+    def at_size(self, size: int) -> Encoder:
+        """The same network fed `size` x `size` pixels (its own graph, exported on first
+        use): regions can be embedded at a lower resolution than whole images."""
+        if size == self.preprocess.size:
+            return self
+        if size not in self._resized:
+            spec = replace(self.spec, preprocess=replace(self.preprocess, size=size))
+            backend: Backend
+            try:
+                if isinstance(self.backend, TorchBackend):
+                    backend = TorchBackend(self.module, str(self.backend.device))
+                    backend(np.zeros((1, size, size, 3), np.uint8))
+                else:
+                    path = onnx_path(f"{self.name}@{size}", self.fingerprint)
+                    backend = OnnxBackend(export_onnx(self.module, size, path))
+            except (RuntimeError, ValueError, AssertionError) as exc:
+                raise LookalikeError(f"{self.name} cannot run at {size} px: {exc}") from None
+            self._resized[size] = Encoder(spec, self.module, backend, self.fingerprint)
+        return self._resized[size]
+
     def prepare(self, item: EncodeInput, regions: Regions | None = None) -> Prepared:
         """Decode one input once; model-ready pixels for it (or its crop box) and, when
         `regions` is given, for each region box, cut from the same decoded pixels."""
@@ -110,13 +133,16 @@ class Encoder:
         decoded = decode(item, draft_size=size * 2 if regions else size)
         whole = self.preprocess(decoded.image)[None]
         if regions is not None and regions.needs_activations:
-            return Prepared(whole, decoded.full_size, [], decoded)
+            return Prepared(whole, decoded.full_size, [], decoded=decoded)
         boxes = regions.boxes(decoded.full_size) if regions else []
-        return Prepared(np.concatenate([whole, *self._crops(decoded, boxes)]),
-                        decoded.full_size, boxes)
+        return Prepared(whole, decoded.full_size, boxes, self._crops(decoded, boxes, regions))
 
-    def _crops(self, decoded: DecodedImage, boxes: list[Box]) -> list[np.ndarray]:
-        return [self.preprocess(decoded.crop(b))[None] for b in boxes]
+    def _crops(self, decoded: DecodedImage, boxes: list[Box], regions: Regions | None
+               ) -> np.ndarray:
+        size = regions.size if regions and regions.size else self.preprocess.size
+        preprocess = replace(self.preprocess, size=size)
+        crops = [preprocess(decoded.crop(b)) for b in boxes]
+        return np.stack(crops) if crops else np.empty((0, size, size, 3), np.uint8)
 
     def embed_with_activations(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and the (B, h, w) activation maps of the backbone's last feature map, from
@@ -142,8 +168,7 @@ class Encoder:
         def cut(p: Prepared, activations: np.ndarray) -> Prepared:
             assert p.decoded is not None
             boxes = regions.boxes(p.size, activations)
-            return Prepared(np.concatenate([p.pixels, *self._crops(p.decoded, boxes)]),
-                            p.size, boxes)
+            return Prepared(p.pixels, p.size, boxes, self._crops(p.decoded, boxes, regions))
 
         return list(pool.map(cut, prepared, maps)), whole
 
@@ -198,21 +223,20 @@ class Encoder:
                         failures.append((pos, exc))
                 whole: np.ndarray | None = None
                 if regions is not None and regions.needs_activations and prepared:
+                    # The whole images' activations choose their regions.
                     prepared, whole = self._propose(prepared, regions, pool)
-                # One forward pass for the batch's whole images and regions (the whole images
-                # are already embedded when their activations chose the regions).
-                skip = 0 if whole is None else 1
-                pixels = [p.pixels[skip:] for p in prepared]
-                flat = (self.embed_pixels(np.concatenate(pixels)) if prepared
-                        else np.empty((0, self.dim), np.float32))
-                starts = np.cumsum([0] + [len(x) for x in pixels])
                 if whole is None:
-                    whole = flat[starts[:-1]]
+                    whole = (self.embed_pixels(np.concatenate([p.pixels for p in prepared]))
+                             if prepared else np.empty((0, self.dim), np.float32))
+                crops = [p.region_pixels for p in prepared if p.region_pixels is not None]
+                flat = (self.at_size(crops[0].shape[1]).embed_pixels(np.concatenate(crops))
+                        if crops else np.empty((0, self.dim), np.float32))
+                starts = np.cumsum([0] + [len(p.boxes) for p in prepared])
                 bar.update(len(positions) + len(failures))
                 yield EncodedBatch(
                     positions, whole, [p.size for p in prepared], failures,
                     [p.boxes for p in prepared],
-                    [flat[start + 1 - skip: end] for start, end in pairwise(starts)],
+                    [flat[start:end] for start, end in pairwise(starts)],
                 )
         bar.close()
 
