@@ -143,10 +143,10 @@ def parse_regions(spec: str) -> Regions | None:
     text = spec.strip().lower()
     if text == "none":
         return None
-    text, _, pixels = text.partition("@")
+    text, at, pixels = text.partition("@")
     name, _, arg = text.partition(":")
     default = {"grid": 3, "proposals": 8}
-    if name in default and (not arg or arg.isdigit()) and (not pixels or pixels.isdigit()):
+    if name in default and (not arg or arg.isdigit()) and (not at or pixels.isdigit()):
         count = int(arg) if arg else default[name]
         size = int(pixels) if pixels else None
         if ((name == "grid" and 2 <= count <= 6) or (name == "proposals" and 1 <= count <= 32)
