@@ -62,7 +62,9 @@ def find_photos(folders: tuple[Path, ...] = WALLPAPER_DIRS, min_side: int = 1000
     return {key: path for key, (_, path) in sorted(best.items())}
 
 
-def _detail(tile: Image.Image) -> float:
+def detail(tile: Image.Image) -> float:
+    """Mean grey-level step between neighbouring pixels at 128 px: low for sky, gradients
+    and blur, which nothing tells apart."""
     grey = np.asarray(tile.convert("L").resize((128, 128)), np.float32)
     return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
 
@@ -76,7 +78,7 @@ def _tiles(path: Path) -> list[Image.Image]:
     tiles = [image.crop((c * side, r * side, (c + 1) * side, (r + 1) * side))
              .resize((TILE, TILE), Image.Resampling.LANCZOS)
              for r in range(rows) for c in range(cols)]
-    return [tile for tile in tiles if _detail(tile) >= MIN_DETAIL]
+    return [tile for tile in tiles if detail(tile) >= MIN_DETAIL]
 
 
 def _square(rng: np.random.Generator, scale: float) -> tuple[int, int, int, int]:
