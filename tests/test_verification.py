@@ -55,7 +55,7 @@ def test_large_image_is_verified_in_working_pixels_and_boxed_in_its_own() -> Non
 
 def test_small_crops_keep_the_keypoints_near_their_edges(samples: list[Path]) -> None:
     """ORB alone skips a 31 px border, most of a 96 px crop; mirrored edges bring it back, and
-    with it the crop verifies wherever it is cut (without: 5 of 9 here)."""
+    with it the crop verifies wherever it is cut (without: 6 of these 9)."""
     source = decode(samples[3]).image  # chelsea, 451 x 300
     found = keypoints(source)
     for fx in (0.2, 0.45, 0.7):
