@@ -62,8 +62,8 @@ def demo(out: Path) -> None:
               "(no re-embedding); FOLDER may then be left out.")
 @click.option("--regions", default="none", show_default=True,
               help="For a new collection: also index regions of each image (none, grid, "
-              "grid:N, proposals, proposals:N) so crop queries find the images that "
-              "contain them.")
+              "grid:N, proposals, proposals:N; @PIXELS embeds them at that input size, "
+              "e.g. grid@160) so crop queries find the images that contain them.")
 @click.option("--region-discount", type=click.FloatRange(0, 1),
               help="For a new collection: how much less a region's match counts than a "
               "whole image's.  [default: grid 0.06, proposals 0.1]")
