@@ -144,6 +144,8 @@ class Collection:
         if not 0.0 <= region_discount <= 1.0:
             raise LookalikeError(f"region_discount must be from 0 to 1, got {region_discount}")
         enc = encoder if isinstance(encoder, Encoder) else create_encoder(encoder)
+        if parsed and parsed.size:
+            enc.at_size(parsed.size)  # refused now, not after a first batch, if it can't
         index = create_index(index, enc.dim).spec  # validated and normalised first
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
