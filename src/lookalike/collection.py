@@ -525,7 +525,9 @@ class Collection:
         """Search with ready-made query vectors; results are one row per image, each scored
         by its best-matching vector, whose box it carries. `options` are the index's
         search options (`nprobe`, `ef`, `search_k`, `rerank`...). A calibrated collection
-        adds each hit's grade; `min_grade` then keeps the hits graded at least that."""
+        adds each hit's grade; `min_grade` then keeps the hits graded at least that.
+        Each vector is matched with all the indexed ones, also where regions are embedded
+        at another size (`grid@160`), which `search` handles by embedding at both."""
         wanted = self._wanted(k, min_grade)
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
