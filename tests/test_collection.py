@@ -212,6 +212,10 @@ def test_regions_at_a_lower_resolution_match_a_query_embedded_at_theirs(  # type
     assert same.id == "collage2.jpg" and same.score > 0.999
     like = coll.search(like="collage2.jpg", k=3)
     assert "collage2.jpg" not in {h.id for h in like} and len(like) == 3
+    # The query's own regions are embedded at both sizes too (proposals: from each size's
+    # activations).
+    split = coll.search(root / "collage1.jpg", k=4, query_regions="proposals:2")
+    assert split[0].id == "collage1.jpg" and len(split) == 4
     with pytest.raises(LookalikeError, match="unknown regions spec"):
         Collection.create(tmp_path / "bad", encoder=encoder, regions="grid@8")
 

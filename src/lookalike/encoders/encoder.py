@@ -107,14 +107,16 @@ class Encoder:
         if size == self.preprocess.size:
             return self
         if size not in self._resized:
-            spec = replace(self.spec, preprocess=replace(self.preprocess, size=size))
+            # Its own name keys its own graphs (the activations one included).
+            spec = replace(self.spec, name=f"{self.name}@{size}",
+                           preprocess=replace(self.preprocess, size=size))
             backend: Backend
             try:
                 if isinstance(self.backend, TorchBackend):
                     backend = TorchBackend(self.module, str(self.backend.device))
                     backend(np.zeros((1, size, size, 3), np.uint8))
                 else:
-                    path = onnx_path(f"{self.name}@{size}", self.fingerprint)
+                    path = onnx_path(spec.name, self.fingerprint)
                     backend = OnnxBackend(export_onnx(self.module, size, path))
             except (RuntimeError, ValueError, AssertionError) as exc:
                 raise LookalikeError(f"{self.name} cannot run at {size} px: {exc}") from None
