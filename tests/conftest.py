@@ -41,3 +41,17 @@ def photo_dir(tmp_path: Path, samples: list[Path]) -> Path:
         shutil.copy(path, root / path.name)
     shutil.copy(samples[5], root / "sub" / samples[5].name)
     return root
+
+
+@pytest.fixture(scope="session")
+def sky():  # type: ignore[no-untyped-def]
+    """Makes smooth colour gradients, like a sky or a blurred background: no corners at all,
+    a different one for each seed."""
+    import numpy as np
+    from PIL import Image
+
+    def make(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+        field = np.random.default_rng(seed).uniform(60, 220, (3, 4, 3)).astype(np.uint8)
+        return Image.fromarray(field).resize(size, Image.Resampling.BICUBIC)
+
+    return make

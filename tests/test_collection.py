@@ -315,7 +315,7 @@ def test_verify_puts_the_source_of_a_copy_first_with_its_box(tmp_path: Path, pho
     hits = coll.search(copy, k=6, verify=6)
     assert hits[0].id == "coffee.jpg" and hits[0].inliers is not None
     assert all(abs(a - b) <= 20 for a, b in zip(hits[0].box, box, strict=True))
-    assert [h.inliers for h in hits[1:]] == [None] * 5 and len(hits) == 6
+    assert [(h.inliers, h.pixel_error) for h in hits[1:]] == [(None, None)] * 5 and len(hits) == 6
     assert hits[0].to_dict()["inliers"] == hits[0].inliers
     # "More like this" verifies against the indexed file itself, which it leaves out.
     like = coll.search(like="coffee.jpg", k=3, verify=5)
@@ -323,3 +323,22 @@ def test_verify_puts_the_source_of_a_copy_first_with_its_box(tmp_path: Path, pho
     assert [h.inliers for h in like] == [None] * 3
     with pytest.raises(LookalikeError, match="verify"):
         coll.search(copy, verify=-1)
+
+
+def test_verify_places_a_crop_of_sky_by_its_pixels(tmp_path: Path, encoder, sky) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("cv2")
+    root = tmp_path / "skies"
+    root.mkdir()
+    for seed in range(1, 6):
+        sky(seed).save(root / f"sky{seed}.jpg", quality=90)
+    coll = _index(tmp_path / "coll", root, encoder)
+    box = (200, 100, 320, 220)
+    query = tmp_path / "part.jpg"
+    sky(3).crop(box).save(query, quality=90)
+
+    hits = coll.search(query, k=5, verify=5)
+    assert hits[0].id == "sky3.jpg" and hits[0].inliers is None
+    assert hits[0].pixel_error is not None and hits[0].pixel_error < 4
+    assert all(abs(a - b) <= 8 for a, b in zip(hits[0].box, box, strict=True))
+    assert hits[0].to_dict()["pixel_error"] == round(hits[0].pixel_error, 2)
+    assert [h.pixel_error for h in hits[1:]] == [None] * 4

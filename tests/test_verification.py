@@ -1,4 +1,5 @@
-"""Geometric verification finds a photo's crops and partial copies in it, and only there."""
+"""Verification finds a photo's crops and partial copies in it, and only there: by keypoints,
+or by pixels where there are none."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from PIL import Image
 pytest.importorskip("cv2")
 
 from lookalike.images import decode
-from lookalike.verification import MIN_INLIERS, keypoints, verify
+from lookalike.verification import (
+    MAX_PIXEL_ERROR,
+    MIN_INLIERS,
+    Template,
+    keypoints,
+    locate,
+    thumbnails,
+    verify,
+)
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -66,3 +75,27 @@ def test_small_crops_keep_the_keypoints_near_their_edges(samples: list[Path]) ->
             assert near_edge.sum() > len(crop) / 2
             match = verify(crop, found)
             assert match is not None and abs(match.box[0] - x) <= 4, (x, y)
+
+
+
+def test_a_quiet_crop_is_placed_by_its_pixels_where_keypoints_see_nothing(sky) -> None:  # type: ignore[no-untyped-def]
+    source, box = sky(1), (200, 100, 320, 220)
+    crop = _jpeg(source.crop(box), quality=90)
+    assert verify(keypoints(crop), keypoints(source)) is None
+    placed = locate(Template(crop), thumbnails(source))
+    assert placed is not None and placed.error < MAX_PIXEL_ERROR / 2
+    assert all(abs(a - b) <= 8 for a, b in zip(placed.box, box, strict=True))
+    for seed in (2, 3, 4):  # other skies of the same kind of colours
+        assert locate(Template(crop), thumbnails(sky(seed))) is None, seed
+
+
+def test_pixels_place_a_rescaled_crop_and_a_whole_copy(samples: list[Path]) -> None:
+    source = decode(samples[2]).image  # coffee, 400 x 400
+    box = (40, 200, 200, 360)
+    placed = locate(Template(_jpeg(source.crop(box).resize((112, 112)), 80)), thumbnails(source))
+    assert placed is not None
+    assert all(abs(a - b) <= 10 for a, b in zip(placed.box, box, strict=True))
+    whole = locate(Template(_jpeg(source.resize((250, 250)), 60)), thumbnails(source))
+    assert whole is not None and whole.box == (0, 0, *source.size)
+    for other in samples[:2] + samples[3:]:
+        assert locate(Template(source.crop(box)), thumbnails(decode(other).image)) is None

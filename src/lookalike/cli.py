@@ -122,8 +122,8 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
               help="Also search with regions of the query (grid:2, proposals:4...): for "
                    "partial copies and queries showing the target among other things.")
 @click.option("--verify", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Re-rank this many top hits by matching keypoints (needs the `verify` "
-                   "extra): images that contain the query or a copy of it come first.")
+              help="Re-rank this many top hits by matching keypoints, then pixels (needs the "
+                   "`verify` extra): images that contain the query or a copy of it come first.")
 def search(image: Path | None, collection: Path, k: int, crop: Box | None, like: str | None,
            metric: str, as_json: bool, queries: Path | None, run_path: Path | None,
            nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None,
@@ -158,7 +158,9 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
         return
     for hit in hits:
         grade = f"  grade {hit.grade:.2f}" if hit.grade is not None else ""
-        verified = f"  verified ({hit.inliers} matches)" if hit.inliers is not None else ""
+        verified = (f"  verified ({hit.inliers} matches)" if hit.inliers is not None else
+                    f"  verified (pixels within {hit.pixel_error:.1f})"
+                    if hit.pixel_error is not None else "")
         click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}{grade}{verified}")
 
 

@@ -36,7 +36,7 @@ from lookalike.images import IMAGE_SUFFIXES, Box, ImageError, ImageSource, decod
 from lookalike.index import IndexError_, VectorIndex, create_index, load_index
 from lookalike.index.spec import Number
 from lookalike.regions import Regions, parse_regions
-from lookalike.verification import Keypoints, keypoints
+from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
 
 FORMAT_VERSION = 1
 Metric = Literal["cosine", "dot", "l2"]
@@ -57,12 +57,15 @@ class Hit:
     grade: float | None = None  # calibrated expected grade 0-5, once calibrated
     p_relevant: tuple[float, ...] | None = None  # P(grade >= g), g = 1..5
     inliers: int | None = None  # keypoint matches that verified it (search `verify`)
+    pixel_error: float | None = None  # or the RMS difference where the query's pixels match
 
     def to_dict(self) -> dict[str, Any]:
         out = {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
                "box": list(self.box)}
         if self.inliers is not None:
             out["inliers"] = self.inliers
+        if self.pixel_error is not None:
+            out["pixel_error"] = round(self.pixel_error, 2)
         if self.grade is not None:
             out["grade"] = round(self.grade, 4)
             out["p_relevant"] = [round(p, 4) for p in self.p_relevant or ()]
@@ -627,42 +630,46 @@ def _query_vectors(encoder: Encoder, items: Sequence[EncodeInput], regions: Regi
 
 
 def _verified(query: EncodeInput, hits: list[Hit], depth: int) -> list[Hit]:
-    """The first `depth` hits re-ranked by geometric verification against the query: those
-    that verify first (most inliers first, boxed where the query lies), then the others in
-    their order, then the hits past `depth`."""
-    if isinstance(query, tuple):
-        source, box = query
-        query_points = keypoints(decode(source).crop(box))
-    else:
-        query_points = keypoints(decode(query).image)
-    checked, unverified = [], []
+    """The first `depth` hits re-ranked by verification against the query: those whose
+    keypoints verify first (most inliers first), then those where the query's pixels match
+    (least difference first), each boxed where the query lies; then the others in their
+    order, then the hits past `depth`."""
+    image = decode(query[0]).crop(query[1]) if isinstance(query, tuple) else decode(query).image
+    query_points, template = keypoints(image), verification.Template(image)
+    by_keypoints, by_pixels, unverified = [], [], []
     for hit in hits[:depth]:
-        found = _file_keypoints(hit.path)
-        match = verification.verify(query_points, found) if found is not None else None
-        if match is None:
-            unverified.append(hit)
+        found = _file_evidence(hit.path)
+        match = verification.verify(query_points, found[0]) if found is not None else None
+        placed = (verification.locate(template, found[1])
+                  if found is not None and match is None else None)
+        if match is not None:
+            by_keypoints.append(replace(hit, inliers=match.inliers, box=match.box))
+        elif placed is not None:
+            by_pixels.append(replace(hit, pixel_error=placed.error, box=placed.box))
         else:
-            checked.append(replace(hit, inliers=match.inliers, box=match.box))
-    checked.sort(key=lambda h: -(h.inliers or 0))
-    return checked + unverified + hits[depth:]
+            unverified.append(hit)
+    by_keypoints.sort(key=lambda h: -(h.inliers or 0))
+    by_pixels.sort(key=lambda h: h.pixel_error or 0.0)
+    return by_keypoints + by_pixels + unverified + hits[depth:]
 
 
-def _file_keypoints(path: str) -> Keypoints | None:
-    """An indexed file's keypoints, cached while the file is unchanged; None if it is gone
-    or no longer decodes (the hit then simply stays unverified)."""
+def _file_evidence(path: str) -> tuple[Keypoints, Thumbnails] | None:
+    """An indexed file's keypoints and thumbnails, cached while the file is unchanged; None if
+    it is gone or no longer decodes (the hit then simply stays unverified)."""
     try:
         stamp = os.stat(path).st_mtime_ns
     except OSError:
         return None
-    return _cached_keypoints(path, stamp)
+    return _cached_evidence(path, stamp)
 
 
 @functools.lru_cache(maxsize=2048)
-def _cached_keypoints(path: str, mtime_ns: int) -> Keypoints | None:
+def _cached_evidence(path: str, mtime_ns: int) -> tuple[Keypoints, Thumbnails] | None:
     try:
-        return keypoints(decode(path).image)
+        image = decode(path).image
     except ImageError:
         return None
+    return keypoints(image), thumbnails(image)
 
 
 def _best_per_image(hits: list[Hit]) -> list[Hit]:

@@ -1,12 +1,20 @@
-"""Geometric verification: re-rank a shortlist by how many local features of the query agree
-on one placement (shift, scale, rotation) inside each candidate.
+"""Verification: is the query a piece of this candidate, and where? Two checks re-rank a
+shortlist.
 
-An embedding says two images look alike; it cannot say that one is a piece of the other. A
-crop, a rotated or re-encoded partial copy, or a re-saved duplicate shares keypoints with its
-source that line up under a single similarity transform, and unrelated images almost never
-do. This is the spatial-verification stage of instance retrieval (Philbin et al., 2007):
-ORB keypoints and RANSAC from OpenCV (the `verify` extra), descriptors matched by faiss. It
-also tells where in the candidate the query lies, which becomes the hit's box.
+An embedding says two images look alike; it cannot say that one is a piece of the other.
+
+- Keypoints (`keypoints`, `verify`): a crop, a rotated or re-encoded partial copy, or a
+  re-saved duplicate shares keypoints with its source that line up under a single similarity
+  transform, and unrelated images almost never do. This is the spatial-verification stage of
+  instance retrieval (Philbin et al., 2007): ORB keypoints and RANSAC from OpenCV (the
+  `verify` extra), descriptors matched by faiss.
+- Pixels (`thumbnails`, `locate`): a crop of sky, blur or a smooth gradient has no corners,
+  but its pixels are still its source's. A template search over scales and positions (OpenCV's
+  `matchTemplate`, coarse to fine on small thumbnails) finds the placement where they differ
+  least; a source shows the query within a few grey levels, where look-alikes differ by more.
+  It sees no rotation and little change of colour: copies are the keypoints' part.
+
+Both tell where in the candidate the query lies, which becomes the hit's box.
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ REPROJECTION_PX = 8.0   # RANSAC inlier distance, in the candidate's working pix
 MIN_INLIERS = 8         # fewer agreeing matches than this is chance (measured: see RESULTS)
 SCALE_RANGE = (0.1, 10.0)  # a placement outside this is degenerate (points collapse)
 BORDER = 32             # ORB's patch reach: corners closer to the edge get no descriptor
+
+COARSE_SIDE = 64        # pixel placement: all scales are tried on a 64 px thumbnail,
+FINE_SIDE = 128         # ... the best one refined on a 128 px one, near where it was found
+COARSE_STEP = 1.15      # scale steps: coarse, then fine within one coarse step either side
+FINE_STEP = 1.03
+MIN_TEMPLATE = 8        # the query's long side on the coarse thumbnail: no smaller placement
+MAX_PIXEL_ERROR = 8.0   # RMS difference (grey levels, RGB) below which the pixels match
 
 
 def _cv2() -> Any:
@@ -143,3 +158,94 @@ def verify(query: Keypoints, candidate: Keypoints) -> Match | None:
     if x1 <= x0 or y1 <= y0:
         return None
     return Match(inliers, (int(x0), int(y0), int(x1), int(y1)))
+
+
+@dataclass(frozen=True)
+class Thumbnails:
+    """An image's RGB pixels shrunk to `COARSE_SIDE` and `FINE_SIDE` (uint8 arrays), with the
+    image's own size, for pixel placement."""
+
+    coarse: np.ndarray
+    fine: np.ndarray
+    size: tuple[int, int]
+
+
+def thumbnails(image: Image.Image) -> Thumbnails:
+    return Thumbnails(_pixels(image, COARSE_SIDE), _pixels(image, FINE_SIDE), image.size)
+
+
+def _pixels(image: Image.Image, side: int) -> np.ndarray:
+    scale = min(1.0, side / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+class Template:
+    """The query's pixels at any size, each size made once (a shortlist's candidates mostly
+    share their thumbnails' sizes)."""
+
+    def __init__(self, image: Image.Image) -> None:
+        self.image = image
+        self._sized: dict[tuple[int, int], np.ndarray] = {}
+
+    def at(self, scale: float) -> np.ndarray:
+        size = (max(1, round(self.image.width * scale)), max(1, round(self.image.height * scale)))
+        if size not in self._sized:
+            self._sized[size] = np.asarray(
+                self.image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+        return self._sized[size]
+
+    def fit(self, pixels: np.ndarray) -> float:
+        """The largest scale at which the query fits inside `pixels`."""
+        return min(pixels.shape[1] / self.image.width, pixels.shape[0] / self.image.height)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the query's pixels lie in a candidate: the RMS difference there (grey levels) and
+    the query's box in the candidate's own pixels."""
+
+    error: float
+    box: Box
+
+
+def locate(query: Template, candidate: Thumbnails) -> Placement | None:
+    """The query's best placement in `candidate` if its pixels match there (RMS difference
+    below `MAX_PIXEL_ERROR`); otherwise None."""
+    best: tuple[float, tuple[int, int], float] | None = None  # error, corner, scale
+    scale = query.fit(candidate.coarse)
+    while max(query.image.size) * scale >= MIN_TEMPLATE:
+        found = _best_position(candidate.coarse, query.at(scale))
+        if best is None or found[0] < best[0]:
+            best = (*found, scale)
+        scale /= COARSE_STEP
+    if best is None:
+        return None
+    _, (x, y), scale = best
+    # refine on the fine thumbnail, within a window around the coarse placement
+    zoom = candidate.fine.shape[1] / candidate.coarse.shape[1]
+    reach = COARSE_STEP * max(query.image.size) * scale * zoom
+    x0, y0 = (max(0, int(v * zoom) - 8) for v in (x, y))
+    window = candidate.fine[y0:y0 + int(reach) + 16, x0:x0 + int(reach) + 16]
+    fine: tuple[float, tuple[int, int], float] | None = None
+    scale = min(scale * zoom * COARSE_STEP, query.fit(window))
+    while scale >= best[2] * zoom / COARSE_STEP:
+        found = _best_position(window, query.at(scale))
+        if fine is None or found[0] < fine[0]:
+            fine = (*found, scale)
+        scale /= FINE_STEP
+    if fine is None or fine[0] >= MAX_PIXEL_ERROR:
+        return None
+    error, (x, y), scale = fine
+    width, height = query.at(scale).shape[1], query.at(scale).shape[0]
+    to_image = candidate.size[0] / candidate.fine.shape[1]
+    box = (round((x0 + x) * to_image), round((y0 + y) * to_image),
+           round((x0 + x + width) * to_image), round((y0 + y + height) * to_image))
+    return Placement(error, box)
+
+
+def _best_position(pixels: np.ndarray, template: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """The RMS difference at the template's best position in `pixels`, and that position."""
+    cv2 = _cv2()
+    least, _, corner, _ = cv2.minMaxLoc(cv2.matchTemplate(pixels, template, cv2.TM_SQDIFF))
+    return float(np.sqrt(max(least, 0.0) / template.size)), (int(corner[0]), int(corner[1]))
