@@ -11,7 +11,7 @@ strategy: index time and memory an image, then mAP and R@1 of the source tile (g
 and nDCG@10 (other tiles of the same wallpaper count 1) per query kind. `--quality-set`
 (a built emoji or fashion-mnist folder) adds whole-image queries on graded categories, to
 check that regions do not hurt them. `--verify N` adds, for each strategy, the same queries
-with geometric verification of the top N hits, and the time a query either way. The rows
+with verification of the top N hits, and the time a query either way. The rows
 marked `detailed` keep only the crops with as much detail as a database tile must have.
 """
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--cost", type=int, help="Only time indexing this many images.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--verify", type=int, default=0,
-                        help="Also run each strategy with geometric verification of this "
+                        help="Also run each strategy with verification of this "
                              "many top hits.")
     args = parser.parse_args()
     if not (args.set / "qrels.txt").exists():

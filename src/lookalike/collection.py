@@ -433,7 +433,7 @@ class Collection:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
         indexed id (`like`, which is left out of its own results). `query_regions`
         (a regions spec) also searches with regions of the query image; `verify` re-ranks
-        that many top hits by geometric verification (see `search_many`)."""
+        that many top hits by verification (see `search_many`)."""
         if like is not None and (image is not None or crop is not None):
             raise LookalikeError("give either a query image or an indexed id, not both")
         if like is None and image is None:
@@ -463,9 +463,10 @@ class Collection:
         With `query_regions` (`grid:2`, `proposals:4`...), each query's regions search too
         and an image scores by its best match with any of them: for partial copies, and for
         queries that show the target among other things. With `verify` (say 50), that many
-        top hits are checked by geometric verification (`lookalike.verification`): the
-        images that contain the query, or a copy of it, move to the top, most keypoint
-        matches first, with the box where the query lies; the rest keep their order.
+        top hits are checked by verification (`lookalike.verification`): the images that
+        contain the query, or a copy of it, move to the top, those whose keypoints match
+        first, then those where the query's pixels match, each with the box where the query
+        lies; the rest keep their order.
         """
         return self._search_items(items, k=k, metric=metric, progress=progress,
                                   options=options, min_grade=min_grade,

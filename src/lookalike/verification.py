@@ -51,7 +51,7 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise LookalikeError("geometric verification needs OpenCV: "
+        raise LookalikeError("verification needs OpenCV: "
                              "pip install 'lookalike[verify]'") from None
     cv2.setNumThreads(1)
     return cv2
