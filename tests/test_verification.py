@@ -77,7 +77,6 @@ def test_small_crops_keep_the_keypoints_near_their_edges(samples: list[Path]) ->
             assert match is not None and abs(match.box[0] - x) <= 4, (x, y)
 
 
-
 def test_a_quiet_crop_is_placed_by_its_pixels_where_keypoints_see_nothing(sky) -> None:  # type: ignore[no-untyped-def]
     source, box = sky(1), (200, 100, 320, 220)
     crop = _jpeg(source.crop(box), quality=90)

@@ -44,6 +44,7 @@ FINE_SIDE = 128         # ... the best one refined on a 128 px one, near where i
 COARSE_STEP = 1.15      # scale steps: coarse, then fine within one coarse step either side
 FINE_STEP = 1.03
 MIN_TEMPLATE = 8        # the query's long side on the coarse thumbnail: no smaller placement
+SLACK = 8               # fine pixels around the coarse placement that the refinement searches
 MAX_PIXEL_ERROR = 8.0   # RMS difference (grey levels, RGB) below which the pixels match
 
 
@@ -225,8 +226,8 @@ def locate(query: Template, candidate: Thumbnails) -> Placement | None:
     # refine on the fine thumbnail, within a window around the coarse placement
     zoom = candidate.fine.shape[1] / candidate.coarse.shape[1]
     reach = COARSE_STEP * max(query.image.size) * scale * zoom
-    x0, y0 = (max(0, int(v * zoom) - 8) for v in (x, y))
-    window = candidate.fine[y0:y0 + int(reach) + 16, x0:x0 + int(reach) + 16]
+    x0, y0 = (max(0, int(v * zoom) - SLACK) for v in (x, y))
+    window = candidate.fine[y0:y0 + int(reach) + 2 * SLACK, x0:x0 + int(reach) + 2 * SLACK]
     fine: tuple[float, tuple[int, int], float] | None = None
     scale = min(scale * zoom * COARSE_STEP, query.fit(window))
     while scale >= best[2] * zoom / COARSE_STEP:
