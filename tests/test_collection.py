@@ -54,8 +54,13 @@ def test_bad_images_are_recorded_and_the_rest_indexed(tmp_path: Path, photo_dir:
                                                       encoder) -> None:
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (photo_dir / "notes.txt").write_text("ignored: not an image suffix")
+    (photo_dir / "moved.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(photo_dir / "pipe.png")  # reading it would wait forever
     coll = _index(tmp_path / "coll", photo_dir, encoder)
-    assert "broken.jpg" in coll.failures() and len(coll) == 6
+    failures = coll.failures()
+    assert failures["moved.jpg"] == "cannot read: No such file or directory"
+    assert failures["pipe.png"] == "not a regular file"
+    assert "broken.jpg" in failures and len(coll) == 6
     assert "notes.txt" not in coll.catalog.images()
     # A failure is not retried until the file changes.
     assert coll.index_folder(photo_dir).failed == {}

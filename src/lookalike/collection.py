@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 import numpy as np
@@ -94,12 +96,43 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2)
 
 
-def _sha256(path: Path) -> str:
+def _sha256_or_error(path: Path) -> str | OSError:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return exc
     return digest.hexdigest()
+
+
+def _compare(on_disk: Mapping[str, Path], known: Mapping[str, ImageRecord]
+             ) -> tuple[list[tuple[str, Path, os.stat_result]],
+                        list[tuple[str, os.stat_result, str]], int]:
+    """The files new or changed since the catalog's record of them, those that cannot be
+    read (with why), and how many are unchanged."""
+    changed: list[tuple[str, Path, os.stat_result]] = []
+    unreadable: list[tuple[str, os.stat_result, str]] = []
+    unchanged = 0
+    for image_id, path in on_disk.items():
+        error = None
+        try:
+            stat = path.stat()
+        except OSError as exc:  # a broken link: the link's own stat tells when it changes
+            error = f"cannot read: {exc.strerror}"
+            try:
+                stat = path.lstat()
+            except OSError:
+                continue  # gone since the scan
+        old = known.get(image_id)
+        if old and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+            unchanged += 1
+        elif error or not S_ISREG(stat.st_mode):  # reading a pipe would wait forever
+            unreadable.append((image_id, stat, error or "not a regular file"))
+        else:
+            changed.append((image_id, path, stat))
+    return changed, unreadable, unchanged
 
 
 def scan_images(root: Path) -> dict[str, Path]:
@@ -248,25 +281,30 @@ class Collection:
             with self.catalog.transaction() as db:
                 self.catalog.set_meta(db, "root", str(root.resolve()))
 
+        changed, unreadable, report.unchanged = _compare(on_disk, known)
         todo: list[tuple[str, Path, os.stat_result, str]] = []
-        for image_id, path in on_disk.items():
-            stat = path.stat()
-            old = known.get(image_id)
-            if old and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
-                report.unchanged += 1
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib releases the GIL
+            hashes = list(pool.map(_sha256_or_error, [path for _, path, _ in changed]))
+        for (image_id, path, stat), sha in zip(changed, hashes, strict=True):
+            if isinstance(sha, OSError):
+                unreadable.append((image_id, stat, f"cannot read: {sha.strerror}"))
                 continue
-            sha = _sha256(path)
             twin = self.catalog.ok_image_with_hash(sha)
             if twin is not None:
                 self._reuse(twin, image_id, stat, sha)
-                (report.updated if old else report.renamed).append(image_id)
+                (report.updated if image_id in known else report.renamed).append(image_id)
                 continue
             todo.append((image_id, path, stat, sha))
 
         gone = sorted(set(known) - set(on_disk))
-        if gone:
+        if gone or unreadable:
             with self.catalog.transaction() as db:
                 self.catalog.remove_images(db, gone)
+                for image_id, stat, reason in unreadable:
+                    self.catalog.put_image(db, ImageRecord(
+                        image_id, stat.st_size, stat.st_mtime_ns, "", None, None, "error", reason
+                    ), [])
+                    report.failed[image_id] = reason
             report.removed.extend(gone)
 
         regions = parse_regions(self.manifest.get("regions", "none"))
