@@ -417,6 +417,26 @@ def judgements(root: Path, out: Path, layout: str, group_size: int,
 
 
 @cli.command()
+@collection_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every network, no authentication).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(collection: Path, host: str, port: int) -> None:
+    """Serve COLLECTION over HTTP: a web page (drop an image, drag a box on it) and a JSON
+    API (/docs). Images indexed meanwhile by `lookalike index` show up without a restart."""
+    try:
+        import uvicorn
+
+        from lookalike.server import create_app
+    except ImportError as exc:
+        raise LookalikeError(f"serve needs the serve extra: pip install 'lookalike[serve]' "
+                             f"({exc.name} is missing)") from None
+    app = create_app(collection)
+    click.echo(f"lookalike: serving {collection} on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
 def models() -> None:
     """List the encoders (any timm model also works as timm:NAME)."""
     from lookalike.encoders import get_spec, list_encoders

@@ -157,6 +157,7 @@ class Collection:
         self.catalog = Catalog(path / "catalog.sqlite")
         self._encoder = encoder
         self._index: VectorIndex | None = None
+        self._index_at = -1  # the catalog generation `_index` reflects
         self._vector_images: dict[int, tuple[str, Box]] = {}
         self._is_region = np.zeros(0, bool)  # by vector id: a region, not a whole image
 
@@ -350,8 +351,10 @@ class Collection:
 
     def _load_index(self) -> VectorIndex:
         """The saved index, brought up to date with the catalog; built when missing,
-        damaged or of another spec than the manifest's."""
-        if self._index is not None:
+        damaged or of another spec than the manifest's. Reloaded when another process
+        (an `index` run beside a server) has changed the catalog since."""
+        generation = self.catalog.generation
+        if self._index is not None and self._index_at == generation:
             return self._index
         index: VectorIndex | None = None
         try:
@@ -371,7 +374,7 @@ class Collection:
         self._is_region = np.zeros(int(vids.max(initial=-1)) + 2, bool)  # [-1]: no hit
         self._is_region[[v for v, (i, b) in self._vector_images.items()
                          if b != sizes.get(i)]] = True
-        self._index = index
+        self._index, self._index_at = index, generation
         return index
 
     def _build_index(self) -> VectorIndex:
