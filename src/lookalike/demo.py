@@ -105,4 +105,5 @@ def run_demo(out: Path, k: int = 4) -> Path:
             print(f"{query.title}: {best}")
         page = out / "demo.html"
         page.write_text(_render(rows, coll.manifest["encoder"]["name"]))
+    print(f"to search it in a browser: lookalike serve -c {out / 'collection'}")
     return page.resolve()

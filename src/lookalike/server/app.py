@@ -119,16 +119,9 @@ def create_app(collection: str | Path, *, encoder: str | None = None) -> FastAPI
     @app.get("/api/images/{image_id:path}")
     async def indexed_image(image_id: str, size: Annotated[int, Query(ge=16, le=2048)] = 320
                             ) -> Response:
-        def thumbnail() -> bytes:
-            decoded = decode(_indexed_path(coll, image_id), draft_size=size)
-            picture = decoded.image
-            picture.thumbnail((size, size))
-            out = io.BytesIO()
-            picture.save(out, "JPEG", quality=85)
-            return out.getvalue()
-
-        try:
-            data = await run(thumbnail)
+        path = await run(lambda: _indexed_path(coll, image_id))
+        try:  # decoded beside the collection's thread: a results page asks for many at once
+            data = await asyncio.to_thread(_thumbnail, path, size)
         except ImageError as exc:  # changed or removed since it was indexed
             raise HTTPException(410, str(exc)) from None
         return Response(data, media_type="image/jpeg",
@@ -144,6 +137,14 @@ def _indexed_path(coll: Collection, image_id: str) -> Path:
     if record is None or record.status != "ok":
         raise HTTPException(404, f"{image_id}: no such image in the collection")
     return (coll.root or coll.path) / image_id
+
+
+def _thumbnail(path: Path, size: int) -> bytes:
+    picture = decode(path, draft_size=size).image
+    picture.thumbnail((size, size))
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
 def _search(coll: Collection, query: ImageSource | None, like: str | None, box: Box | None,
