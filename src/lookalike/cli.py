@@ -68,10 +68,16 @@ def demo(out: Path) -> None:
               help="For a new collection: how much less a region's match counts than a "
               "whole image's.  [default: grid 0.06, proposals 0.1]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Embed on a Ray cluster (the ray extra): auto (the running cluster), "
+              "ray://HOST:PORT, or local (a Ray started for this run).")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="Encoder copies on the cluster.  [default: one per 2 CPUs]")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def index(folder: Path | None, collection: Path, model: str | None, index_spec: str,
           reindex_spec: str | None, regions: str, region_discount: float | None,
-          batch_size: int, progress: bool) -> None:
+          batch_size: int, ray_address: str | None, ray_actors: int | None,
+          progress: bool) -> None:
     """Create or update COLLECTION from the images under FOLDER (recursively)."""
     from lookalike.collection import Collection
 
@@ -84,7 +90,14 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
                                   region_discount=region_discount)
     with coll:
         if folder is not None:
-            report = coll.index_folder(folder, batch_size=batch_size, progress=progress)
+            embed_with = None
+            if ray_address is not None:
+                from lookalike.distributed import RayEncoder
+
+                embed_with = RayEncoder(coll.encoder, actors=ray_actors,
+                                        address=None if ray_address == "local" else ray_address)
+            report = coll.index_folder(folder, batch_size=batch_size, progress=progress,
+                                       embed_with=embed_with)
             for image_id, reason in report.failed.items():
                 click.echo(f"skipped {image_id}: {reason}", err=True)
             click.echo(f"{collection}: {report.summary()}")

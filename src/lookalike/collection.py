@@ -32,6 +32,7 @@ from lookalike import verification
 from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
 from lookalike.catalog import Catalog, ImageRecord, VectorRow
+from lookalike.distributed import BatchEncoder
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, Box, ImageError, ImageSource, decode
@@ -268,10 +269,12 @@ class Collection:
     # -- indexing -------------------------------------------------------------------------
 
     def index_folder(self, root: str | Path, *, batch_size: int = 32, progress: bool = False,
-                     after_batch: Callable[[int], None] | None = None) -> IndexReport:
+                     after_batch: Callable[[int], None] | None = None,
+                     embed_with: BatchEncoder | None = None) -> IndexReport:
         """Bring the collection in line with the images under `root`: embed new and changed
         files, reuse the vectors of renamed or copied ones (same sha256), drop deleted ones.
-        Bad images are recorded with their error and skipped until they change."""
+        Bad images are recorded with their error and skipped until they change.
+        `embed_with` embeds elsewhere than in this process (`distributed.RayEncoder`)."""
         root = Path(root).expanduser()
         if not root.is_dir():
             raise LookalikeError(f"{root}: not a directory")
@@ -309,9 +312,10 @@ class Collection:
             report.removed.extend(gone)
 
         regions = parse_regions(self.manifest.get("regions", "none"))
-        batches = self.encoder.iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
-                                            progress=progress, regions=regions
-                                            ) if todo else iter(())
+        embedder = embed_with or self.encoder
+        batches = embedder.iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
+                                        progress=progress, regions=regions
+                                        ) if todo else iter(())
         for number, batch in enumerate(batches):
             with self.catalog.transaction() as db:
                 for i, pos in enumerate(batch.positions):

@@ -6,7 +6,6 @@ Decoding and preprocessing run on a thread pool while the model runs on the prev
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +27,7 @@ from lookalike.encoders.runtime import (
     Backend,
     OnnxBackend,
     TorchBackend,
+    default_threads,
     export_onnx,
     onnx_path,
 )
@@ -197,7 +197,7 @@ class Encoder:
         reported, not raised."""
         if batch_size < 1:
             raise LookalikeError(f"batch_size must be >= 1, got {batch_size}")
-        workers = workers or os.cpu_count() or 1
+        workers = workers or default_threads()
         bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1)
         with ThreadPoolExecutor(workers) as pool:
             pending: deque[tuple[int, Future[Prepared]]] = deque()

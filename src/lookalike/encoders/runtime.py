@@ -67,7 +67,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
@@ -81,6 +81,16 @@ class OnnxBackend:
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
         outputs = self.session.run(None, {self.input_name: pixels})
         return [np.asarray(out, dtype=np.float32) for out in outputs]
+
+
+def default_threads() -> int:
+    """`OMP_NUM_THREADS` when set (the usual knob, which Ray sets to an actor's CPUs), else
+    the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
 
 
 def onnx_path(encoder_name: str, weights_fingerprint: str) -> Path:
