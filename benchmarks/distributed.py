@@ -10,44 +10,20 @@ images/s medians and the ratio to the local run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
 import ray
-from embed import BATCH, make_jpegs  # benchmarks/ is on sys.path when run
+from embed import BATCH, end_to_end, jpeg_folder, parse_args  # benchmarks/ is on sys.path
 
-from lookalike import Collection, create_encoder
+from lookalike import create_encoder
 from lookalike.distributed import RayEncoder
 
 
-def index_rate(encoder, folder: Path, count: int, embed_with=None) -> float:  # type: ignore[no-untyped-def]
-    with tempfile.TemporaryDirectory() as tmp:
-        coll = Collection.create(Path(tmp) / "coll", encoder=encoder)
-        start = time.perf_counter()
-        report = coll.index_folder(folder, batch_size=BATCH, embed_with=embed_with)
-        elapsed = time.perf_counter() - start
-        assert len(report.added) == count, report.summary()
-        coll.close()
-    return count / elapsed
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=320)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data" / "jpegs")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
-    paths = make_jpegs(args.data, args.images)
-    folder = args.data.parent / f"jpegs-{args.images}"
-    folder.mkdir(exist_ok=True)
-    for p in paths:
-        if not (folder / p.name).exists():
-            (folder / p.name).symlink_to(p.resolve())
+    paths, folder = jpeg_folder(args.data, args.images)
     encoder = create_encoder("efficientnet_lite0")
     cores = os.cpu_count() or 1
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
@@ -56,10 +32,10 @@ def main() -> None:
         layouts[f"Ray, {cores} actors x 1 CPU"] = (cores, 1)
     runs: dict[str, list[float]] = {"local (this process)": [], **{name: [] for name in layouts}}
     for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
-        runs["local (this process)"].append(index_rate(encoder, folder, len(paths)))
+        runs["local (this process)"].append(end_to_end(encoder, folder, len(paths)))
         for name, (actors, cpus) in layouts.items():
             embedder = RayEncoder(encoder, actors=actors, cpus_per_actor=cpus)
-            runs[name].append(index_rate(encoder, folder, len(paths), embedder))
+            runs[name].append(end_to_end(encoder, folder, len(paths), embedder))
             del embedder  # frees its CPUs for the next layout
     ray.shutdown()
 

@@ -86,31 +86,41 @@ def naive_loop(model: torch.nn.Module, transform, paths: list[Path]) -> float:  
     return len(paths) / (time.perf_counter() - start)
 
 
-def end_to_end(encoder, folder: Path, count: int) -> float:  # type: ignore[no-untyped-def]
+def jpeg_folder(data: Path, count: int) -> tuple[list[Path], Path]:
+    """`count` JPEGs under `data`, and a folder that holds just those (as links)."""
+    paths = make_jpegs(data, count)
+    folder = data.parent / f"jpegs-{count}"
+    folder.mkdir(exist_ok=True)
+    for p in paths:
+        link = folder / p.name
+        if not link.exists():
+            link.symlink_to(p.resolve())
+    return paths, folder
+
+
+def end_to_end(encoder, folder: Path, count: int, embed_with=None) -> float:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
         coll = Collection.create(Path(tmp) / "coll", encoder=encoder)
         start = time.perf_counter()
-        report = coll.index_folder(folder, batch_size=BATCH)
+        report = coll.index_folder(folder, batch_size=BATCH, embed_with=embed_with)
         elapsed = time.perf_counter() - start
         assert len(report.added) == count, report.summary()
         coll.close()
     return count / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The options both indexing benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data" / "jpegs")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    paths = make_jpegs(args.data, args.images)
-    folder = args.data.parent / f"jpegs-{args.images}"
-    folder.mkdir(exist_ok=True)
-    for p in paths:
-        link = folder / p.name
-        if not link.exists():
-            link.symlink_to(p.resolve())
+
+def main() -> None:
+    args = parse_args(__doc__)
+    paths, folder = jpeg_folder(args.data, args.images)
     encoder = create_encoder("efficientnet_lite0")
     cores = os.cpu_count() or 1
     fewer_threads = max(cores - 1, 1)
