@@ -70,7 +70,11 @@ class RayEncoder:
                  actors: int | None = None, cpus_per_actor: float = 2) -> None:
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise LookalikeError(f"Ray at {address or 'a new local instance'}: {exc}"
+                                     ) from None
         if actors is None:
             cpus = ray.cluster_resources().get("CPU", 1)
             actors = max(1, int(cpus // cpus_per_actor))
