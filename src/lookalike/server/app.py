@@ -35,12 +35,12 @@ VERIFY_LIMIT = 200  # candidates a request may ask to verify (~5-10 ms each)
 T = TypeVar("T")
 
 
-def create_app(collection: str | Path, *, encoder: str | None = None) -> FastAPI:
+def create_app(collection: str | Path) -> FastAPI:
     """A FastAPI app serving the collection at `collection` (opened now, so a bad path
     fails before a server starts)."""
     worker = ThreadPoolExecutor(1, thread_name_prefix="lookalike-collection")
     try:
-        coll = worker.submit(Collection.open, collection, encoder=encoder).result()
+        coll = worker.submit(Collection.open, collection).result()
         worker.submit(lambda: coll.encoder).result()  # load the model before the first query
     except BaseException:
         worker.shutdown()
