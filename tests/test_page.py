@@ -37,7 +37,9 @@ def server(tmp_path: Path, photo_dir: Path, encoder) -> Iterator[str]:  # type: 
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not uvicorn_server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/"
     uvicorn_server.should_exit = True
