@@ -78,4 +78,11 @@ def test_upload_drag_a_box_and_click_a_result(server: str, photo_dir: Path) -> N
         sync_api.expect(status).to_contain_text("more like coffee.jpg")
         assert "coffee.jpg" not in page.locator("#results").inner_text()
         assert page.locator("#error").inner_text() == ""
+
+        # A file that is no picture: the server's one-line message, no broken image.
+        (photo_dir / "notes.jpg").write_text("not an image")
+        page.set_input_files("#file", photo_dir / "notes.jpg")
+        sync_api.expect(page.locator("#error")).to_have_text(
+            "notes.jpg: not an image file, or a format Pillow cannot read")
+        sync_api.expect(page.locator("#stage")).to_be_hidden()
         browser.close()
