@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lookalike.atomic import current_umask
+
 _EXPORT_VERSION = 3  # bump when the exported graph changes for the same weights
 
 
@@ -142,6 +144,7 @@ def export_onnx(module: nn.Module, size: int, path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # a cache others may share, as `open` makes it
     os.close(fd)
     try:
         with warnings.catch_warnings():
