@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import faiss
 import pytest
 from PIL import Image
 
@@ -18,6 +19,7 @@ from lookalike.verification import (
     Template,
     keypoints,
     locate,
+    one_thread,
     thumbnails,
     verify,
 )
@@ -98,3 +100,31 @@ def test_pixels_place_a_rescaled_crop_and_a_whole_copy(samples: list[Path]) -> N
     assert whole is not None and whole.box == (0, 0, *source.size)
     for other in samples[:2] + samples[3:]:
         assert locate(Template(source.crop(box)), thumbnails(decode(other).image)) is None
+
+
+def test_faiss_searches_on_one_thread_and_the_count_is_restored(
+        samples: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few thousand descriptors gain nothing from more threads, and on busy cores OpenMP's
+    threads spin against each other (issue 16: 12 times slower a candidate)."""
+    threads: list[int] = []
+
+    class Recording(faiss.IndexBinaryFlat):  # type: ignore[misc]
+        def search(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            threads.append(faiss.omp_get_max_threads())
+            return super().search(*args, **kwargs)
+
+    monkeypatch.setattr(faiss, "IndexBinaryFlat", Recording)
+    source = decode(samples[1]).image
+    query, found = keypoints(source.crop((100, 60, 300, 200))), keypoints(source)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)  # more than one, even on a one-core machine
+    try:
+        assert verify(query, found) is not None
+        assert threads == [1]
+        assert faiss.omp_get_max_threads() == 3
+        with pytest.raises(ValueError), one_thread():  # restored when the search fails too
+            assert faiss.omp_get_max_threads() == 1
+            raise ValueError
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -19,6 +19,8 @@ Both tell where in the candidate the query lies, which becomes the hit's box.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,19 @@ def _cv2() -> Any:
                              "pip install 'lookalike[verify]'") from None
     cv2.setNumThreads(1)
     return cv2
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run faiss on one OpenMP thread within, then restore its thread count: a search of a few
+    thousand descriptors gains nothing from more threads, and when other processes load the
+    cores they spin against each other (issue 16: 0.735 s a candidate against 0.062 s)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -115,9 +130,10 @@ def _matches(query: Keypoints, candidate: Keypoints) -> tuple[np.ndarray, np.nda
     """Matched point pairs: each query descriptor's nearest candidate descriptor (Hamming,
     faiss's binary index), kept when clearly nearer than the second (Lowe's ratio test), at
     most one query point a candidate point (the nearest)."""
-    index = faiss.IndexBinaryFlat(candidate.descriptors.shape[1] * 8)
-    index.add(candidate.descriptors)
-    distances, nearest = index.search(query.descriptors, 2)
+    with one_thread():
+        index = faiss.IndexBinaryFlat(candidate.descriptors.shape[1] * 8)
+        index.add(candidate.descriptors)
+        distances, nearest = index.search(query.descriptors, 2)
     rows = np.flatnonzero(distances[:, 0] < RATIO * distances[:, 1])
     rows = rows[np.lexsort((distances[rows, 0], nearest[rows, 0]))]  # by target, nearest first
     rows = rows[np.r_[True, np.diff(nearest[rows, 0]) != 0]] if len(rows) else rows
