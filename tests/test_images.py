@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -10,7 +12,14 @@ import pytest
 from PIL import Image
 
 from lookalike.errors import ImageError
-from lookalike.images import decode, parse_box, to_rgb, validate_box
+from lookalike.images import (
+    IMAGE_SUFFIXES,
+    UNSUPPORTED_SUFFIXES,
+    decode,
+    parse_box,
+    to_rgb,
+    validate_box,
+)
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -160,3 +169,85 @@ def test_parse_box() -> None:
     assert parse_box("1,2,30,40") == (1, 2, 30, 40)
     with pytest.raises(ValueError, match="four integers"):
         parse_box("1,2,3")
+
+
+def _phone_photo(path: Path, img: Image.Image, orientation: int = 1) -> None:
+    """Save `img` as HEIC or AVIF by suffix. HEIC goes through pillow-heif's own API, not its
+    Pillow plugin, so that decode() still has to register the plugin itself."""
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    if path.suffix == ".heic":
+        import pillow_heif
+
+        # pillow-heif turns the EXIF orientation into the file's irot/imir boxes, like phones.
+        pillow_heif.from_pillow(img).save(path, quality=95, exif=exif.tobytes())
+    else:
+        img.save(path, format="AVIF", quality=95, exif=exif)
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    x = np.linspace(0, 255, width)[None, :].repeat(height, axis=0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, axis=1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=2).astype(np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_phone_photo_formats(tmp_path: Path, suffix: str) -> None:
+    assert suffix in IMAGE_SUFFIXES  # otherwise indexing skips them
+    source = _gradient(64, 48)
+    path = tmp_path / f"photo{suffix}"
+    _phone_photo(path, source)
+    decoded = decode(path)
+    assert decoded.image.mode == "RGB" and decoded.full_size == (64, 48)
+    diff = np.abs(np.asarray(decoded.image, dtype=float) - np.asarray(source, dtype=float))
+    assert diff.mean() < 8
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_phone_photo_orientation_applied_once(tmp_path: Path, suffix: str) -> None:
+    img = Image.new("RGB", (64, 32), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 16, 32))  # white band on the stored left
+    path = tmp_path / f"rotated{suffix}"
+    _phone_photo(path, img, orientation=6)
+    decoded = decode(path)
+    assert decoded.image.size == (32, 64) and decoded.full_size == (32, 64)
+    arr = np.asarray(decoded.image)
+    assert arr[3, 16].mean() > 200 and arr[-4, 16].mean() < 50  # band on top, not bottom
+
+
+def test_truncated_heic(tmp_path: Path) -> None:
+    path = tmp_path / "cut.heic"
+    _phone_photo(path, _gradient(64, 48))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImageError, match=r"cut\.heic: cannot decode.*HEIF"):
+        decode(path)
+
+
+def test_heif_support_is_lazy_and_optional(tmp_path: Path) -> None:
+    """pillow-heif is imported only for a HEIF file; without it, HEIF fails with a clear
+    reason."""
+    heic, png = tmp_path / "a.heic", tmp_path / "a.png"
+    _phone_photo(heic, _gradient(16, 16))
+    _gradient(16, 16).save(png)
+    script = f"""
+import sys
+from lookalike.errors import ImageError
+from lookalike.images import decode
+decode({str(png)!r})
+assert "pillow_heif" not in sys.modules, "imported without a HEIF file"
+sys.modules["pillow_heif"] = None  # as if not installed
+try:
+    decode({str(heic)!r})
+except ImageError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert "a.heic" in out and "pillow-heif" in out
+
+
+def test_unsupported_suffixes_have_reasons() -> None:
+    assert UNSUPPORTED_SUFFIXES[".svg"] and "raw" in UNSUPPORTED_SUFFIXES[".cr2"]
+    assert not set(UNSUPPORTED_SUFFIXES) & IMAGE_SUFFIXES
+    assert all(s.startswith(".") and s == s.lower() for s in UNSUPPORTED_SUFFIXES)

@@ -7,10 +7,14 @@ applied), x1 and y1 exclusive.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
@@ -20,8 +24,19 @@ from lookalike.errors import ImageError
 Box = tuple[int, int, int, int]
 ImageSource = str | Path | bytes | Image.Image
 
+#: Phone photos come as HEIC/HEIF (read through pillow-heif) and AVIF (Pillow itself).
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+_RAW = "camera raw; export it as JPEG or TIFF first"
+#: Suffixes of files that look like pictures but that lookalike cannot index, with the reason:
+#: for the indexer's summary of skipped files.
+UNSUPPORTED_SUFFIXES: Mapping[str, str] = MappingProxyType(
+    {
+        ".svg": "vector graphics, not pixels",
+        ".svgz": "vector graphics, not pixels",
+        **dict.fromkeys((".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2"), _RAW),
+    }
 )
 #: Decompression-bomb guard: 100 megapixels, e.g. 10,000 x 10,000.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -29,6 +44,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # PIL's own bomb check raises at twice its limit; ours runs first, from the header alone.
 Image.MAX_IMAGE_PIXELS = None
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# ISO-BMFF major brands of HEIC/HEIF stills and sequences (what pillow-heif's opener accepts).
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,7 @@ def decode(
             fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
             if isinstance(fp, Path) and not fp.is_file():
                 raise ImageError(name, "no such file" if not fp.exists() else "not a file")
-            img = Image.open(fp)
+            img = _open(fp, name)
         width, height = img.size
         if width * height > max_pixels:
             raise ImageError(
@@ -109,6 +128,48 @@ def decode(
             img.close()  # multi-frame files keep their handle open until closed
     full = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     return DecodedImage(rgb, full, name)
+
+
+def _open(fp: Path | io.BytesIO, name: str) -> Image.Image:
+    """`Image.open`, registering pillow-heif only when a file turns out to be HEIF: importing
+    it costs ~15 ms, which a collection without phone photos should not pay."""
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError:
+        if not _is_heif(fp):
+            raise
+    missing = _register_heif()
+    if missing:
+        raise ImageError(name, missing)
+    if isinstance(fp, io.BytesIO):
+        fp.seek(0)
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(name, "cannot decode: damaged, truncated or unsupported HEIF") from None
+
+
+def _is_heif(fp: Path | io.BytesIO) -> bool:
+    """Whether the file starts with an ISO-BMFF `ftyp` box of a HEIF brand."""
+    if isinstance(fp, io.BytesIO):
+        head = fp.getvalue()[:12]
+    else:
+        with fp.open("rb") as f:
+            head = f.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+@functools.cache
+def _register_heif() -> str | None:
+    """Register pillow-heif's Pillow opener once; the reason HEIF cannot be read, if any."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return "HEIC/HEIF photos need the pillow-heif package (pip install pillow-heif)"
+    # libheif applies the file's rotation (irot/imir) and pillow-heif then resets the EXIF
+    # orientation to 1, so decode()'s exif_transpose does not rotate a second time.
+    pillow_heif.register_heif_opener()
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -151,7 +212,7 @@ def validate_box(box: Box | list[int], size: tuple[int, int], source: str = "ima
 def parse_box(text: str) -> Box:
     """Parse `X0,Y0,X1,Y1` as typed on a command line."""
     parts = text.replace(" ", "").split(",")
-    if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
+    if len(parts) != 4 or not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):
         raise ValueError(f"crop box must be four integers X0,Y0,X1,Y1, got {text!r}")
     x0, y0, x1, y1 = (int(p) for p in parts)
     return x0, y0, x1, y1
