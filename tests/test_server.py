@@ -1,9 +1,17 @@
-"""The HTTP API over a collection, through FastAPI's test client (no network)."""
+"""The HTTP API over a collection, through FastAPI's test client and (for `lookalike serve`)
+a real server."""
 
 from __future__ import annotations
 
 import io
+import os
+import select
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +23,20 @@ from lookalike import Collection
 from lookalike.server import app as server_app
 from lookalike.server import create_app
 
+# Names a file may have that a URL path cannot hold as they are.
+ODD_NAMES = ["a\nb.jpg", "100% #1?.jpg", "café ü.jpg", "x+y&z=;.jpg"]
+
 
 @pytest.fixture()
-def client(tmp_path: Path, photo_dir: Path, encoder) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def coll_path(tmp_path: Path, photo_dir: Path, encoder) -> Path:  # type: ignore[no-untyped-def]
     with Collection.create(tmp_path / "coll", encoder=encoder) as coll:
         coll.index_folder(photo_dir)
-    with TestClient(create_app(tmp_path / "coll")) as test_client:
+    return tmp_path / "coll"
+
+
+@pytest.fixture()
+def client(coll_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(coll_path)) as test_client:
         yield test_client
 
 
@@ -107,3 +123,75 @@ def test_the_page_has_its_controls(client: TestClient) -> None:
     page = client.get("/").text
     for control in ('id="file"', 'id="stage"', 'id="results"', "api/search", "pointerdown"):
         assert control in page
+
+
+def test_images_with_any_character_in_their_name_are_served(
+        tmp_path: Path, samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "odd"
+    (root / "sub dir").mkdir(parents=True)
+    for name, sample in zip(ODD_NAMES, samples, strict=False):
+        shutil.copy(sample, root / name)
+    shutil.copy(samples[5], root / "sub dir" / "a\n#?.jpg")
+    shutil.copy(samples[6], os.fsdecode(bytes(root) + b"/latin-1 \xe9.jpg"))  # id: \xe9
+    with Collection.create(tmp_path / "coll", encoder=encoder) as coll:
+        coll.index_folder(root)
+    with TestClient(create_app(tmp_path / "coll")) as client:
+        hits = client.post("/api/search", data={"like": ODD_NAMES[0], "k": "10"}).json()["hits"]
+        assert {h["id"] for h in hits} == {*ODD_NAMES[1:], "sub dir/a\n#?.jpg",
+                                           "latin-1 \\xe9.jpg"}
+        for hit in hits:  # as the page asks: the hit's url, then ?size=
+            response = client.get(f"/{hit['url']}?size=64")
+            assert response.status_code == 200, hit["id"]
+            assert response.headers["content-type"] == "image/jpeg"
+            assert max(Image.open(io.BytesIO(response.content)).size) == 64
+
+
+def test_removed_files_are_still_found_but_their_images_are_gone(
+        client: TestClient, photo_dir: Path) -> None:
+    chelsea = _upload(photo_dir / "chelsea.jpg")
+    shutil.rmtree(photo_dir)
+    hits = client.post("/api/search", files=chelsea, data={"k": "3"}).json()["hits"]
+    assert hits[0]["id"] == "chelsea.jpg"
+    for hit in hits:
+        response = client.get(f"/{hit['url']}")
+        assert response.status_code == 410 and "no such file" in response.json()["detail"]
+
+
+def _serve(coll: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "-c", str(coll),
+                             "--port", str(port)], stderr=subprocess.PIPE, text=True)
+
+
+def test_serve_on_a_taken_port_is_one_clear_error(coll_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with _serve(coll_path, port) as proc:
+            _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert stderr == f"lookalike: error: 127.0.0.1:{port}: address already in use\n"
+
+
+def test_serve_answers_over_http_on_the_port_it_names(coll_path: Path, photo_dir: Path,
+                                                       samples: list[Path]) -> None:
+    shutil.copy(samples[0], photo_dir / ODD_NAMES[0])  # through uvicorn's own URL decoding
+    with Collection.open(coll_path) as coll:
+        coll.index_folder(photo_dir)
+    with _serve(coll_path, 0) as proc:  # port 0: the system picks one, the line names it
+        assert proc.stderr is not None
+        try:
+            ready, _, _ = select.select([proc.stderr], [], [], 120)
+            line = proc.stderr.readline() if ready else ""
+            assert line.startswith(f"lookalike: serving {coll_path} on http://127.0.0.1:"), line
+            url = line.split(" on ")[1].strip()
+            assert not url.endswith(":0/")
+            with urllib.request.urlopen(url + "api/info", timeout=30) as response:
+                assert response.status == 200
+            with urllib.request.urlopen(url + "api/images/a%0Ab.jpg?size=64",
+                                        timeout=30) as response:
+                assert response.headers["content-type"] == "image/jpeg"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in rest, rest

@@ -1,12 +1,15 @@
 """The collection's SQLite catalog: one row per image file, one row per vector.
 
 It is the source of truth (the index is derived from it) and every change is one
-transaction, so a crash at any moment leaves the last committed state.
+transaction, so a crash at any moment leaves the last committed state. Each vector carries
+a CRC-32 of its bytes, so damage to the file is found (and named) instead of ranking with
+garbage.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,10 +37,36 @@ CREATE TABLE IF NOT EXISTS vectors (
     vid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a deleted id never comes back
     image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
     x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    crc32 INTEGER                            -- of `vector`; NULL in catalogs made before
 );
 CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
 """
+
+
+class DamagedVectorsError(LookalikeError):
+    """Vectors whose bytes no longer match their checksum, or that are not finite."""
+
+    def __init__(self, path: Path, image_ids: list[str]) -> None:
+        shown = ", ".join(image_ids[:5]) + (f" and {len(image_ids) - 5} more"
+                                            if len(image_ids) > 5 else "")
+        super().__init__(f"{path}: the stored vectors of {len(image_ids)} image(s) are "
+                         f"damaged ({shown}); `lookalike check --repair` re-embeds them")
+        self.image_ids = image_ids
+
+
+def checksum(vector: bytes) -> int:
+    return zlib.crc32(vector)
+
+
+def vector_ok(blob: bytes, crc: int | None, dim: int) -> bool:
+    """The blob is `dim` float32s matching its checksum; a row from before checksums must at
+    least be finite."""
+    if len(blob) != 4 * dim:
+        return False
+    if crc is not None:
+        return checksum(blob) == crc
+    return bool(np.isfinite(np.frombuffer(blob, np.float32)).all())
 
 
 @dataclass(frozen=True)
@@ -62,17 +91,40 @@ class VectorRow:
 
 
 class Catalog:
-    def __init__(self, path: Path) -> None:
+    """Open an existing catalog, or with `create` a new one. A missing, empty or foreign
+    file is an error: read as an empty collection, it would have everything re-embedded
+    or searches answer nothing."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        if not create and not _has_content(path):
+            raise LookalikeError(
+                f"{path}: the catalog is {'empty' if path.exists() else 'missing'}; "
+                f"`lookalike check -c {path.parent} --repair` rebuilds it from the images")
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise LookalikeError(f"{path}: cannot open the catalog ({exc})") from None
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            tables = {r[0] for r in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not create and not {"meta", "images", "vectors"} <= tables:
+                raise LookalikeError(f"{path}: not a lookalike catalog (tables missing); "
+                                     f"`lookalike check -c {path.parent} --repair` rebuilds it")
+            if tables and "crc32" not in {r[1] for r in self.db.execute(
+                    "PRAGMA table_info(vectors)")}:
+                self.db.execute("ALTER TABLE vectors ADD COLUMN crc32 INTEGER")  # O(1)
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self.db.close()
-            raise LookalikeError(f"{path}: not a usable catalog ({exc})") from None
+            raise LookalikeError(f"{path}: not a usable catalog ({exc}); "
+                                 f"`lookalike check -c {path.parent}` says more") from None
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -132,19 +184,26 @@ class Catalog:
             record.id, record.size, record.mtime_ns, record.sha256, record.width,
             record.height, record.status, record.error,
         ))
+        blobs = [np.asarray(r.vector, np.float32).tobytes() for r in rows]
         db.executemany(
-            "INSERT INTO vectors (image_id, x0, y0, x1, y1, vector) VALUES (?, ?, ?, ?, ?, ?)",
-            [(r.image_id, *r.box, np.asarray(r.vector, np.float32).tobytes()) for r in rows],
+            "INSERT INTO vectors (image_id, x0, y0, x1, y1, vector, crc32) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.image_id, *r.box, blob, checksum(blob)) for r, blob in zip(rows, blobs,
+                                                                           strict=True)],
         )
 
     def remove_images(self, db: sqlite3.Connection, ids: Iterable[str]) -> None:
         db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
 
     def vector_rows(self, image_id: str) -> list[VectorRow]:
+        """The image's vectors, checked against their checksums."""
         rows = self.db.execute(
-            "SELECT image_id, x0, y0, x1, y1, vector FROM vectors WHERE image_id = ? "
+            "SELECT image_id, x0, y0, x1, y1, vector, crc32 FROM vectors WHERE image_id = ? "
             "ORDER BY vid", (image_id,)
-        )
+        ).fetchall()
+        dim = len(rows[0][5]) // 4 if rows else 0
+        if not all(vector_ok(r[5], r[6], dim) for r in rows):
+            raise DamagedVectorsError(self.path, [image_id])
         return [VectorRow(r[0], (r[1], r[2], r[3], r[4]), np.frombuffer(r[5], np.float32))
                 for r in rows]
 
@@ -155,14 +214,31 @@ class Catalog:
         return row[0] if row else None
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """(vids, vectors, image ids, boxes) of every vector, in vid order."""
+        """(vids, vectors, image ids, boxes) of every vector, in vid order, each checked
+        against its checksum."""
         rows = self.db.execute(
-            "SELECT vid, image_id, x0, y0, x1, y1, vector FROM vectors ORDER BY vid"
+            "SELECT vid, image_id, x0, y0, x1, y1, vector, crc32 FROM vectors ORDER BY vid"
         ).fetchall()
+        damaged = sorted({r[1] for r in rows if not vector_ok(r[6], r[7], dim)})
+        if damaged:
+            raise DamagedVectorsError(self.path, damaged)
         vids = np.array([r[0] for r in rows], np.int64)
         vectors = np.frombuffer(b"".join(r[6] for r in rows), np.float32).reshape(-1, dim)
         boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
         return vids, vectors, [r[1] for r in rows], boxes
+
+    def damaged_images(self, dim: int) -> list[str]:
+        """The images any of whose stored vectors fail their checksum (a full read)."""
+        rows = self.db.execute("SELECT image_id, vector, crc32 FROM vectors")
+        return sorted({r[0] for r in rows if not vector_ok(r[1], r[2], dim)})
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's own check finds wrong in the file (nothing: an empty list)."""
+        try:
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if found == ["ok"] else found
 
     def vector_map(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(vids, image ids, boxes) without the vectors."""
@@ -172,3 +248,10 @@ class Catalog:
         vids = np.array([r[0] for r in rows], np.int64)
         boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
         return vids, [r[1] for r in rows], boxes
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False

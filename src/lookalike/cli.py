@@ -6,7 +6,9 @@ Exit status: 0 on success, 2 on bad usage or bad input (one line on stderr).
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,13 @@ def _crop(ctx: click.Context, param: click.Parameter, value: str | None) -> Box 
         return parse_box(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def shown(text: str) -> str:
+    """`text` safe for one terminal line: control characters (a newline in a file name)
+    and undecodable bytes are written as escapes, so one result stays one line."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: repr(m[0])[1:-1], text)
 
 
 collection_option = click.option(
@@ -74,10 +83,13 @@ def demo(out: Path) -> None:
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None,
               help="Encoder copies on the cluster.  [default: one per 2 CPUs]")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--wait", is_flag=True,
+              help="If another process is writing to COLLECTION, wait for it instead of "
+              "stopping.")
 def index(folder: Path | None, collection: Path, model: str | None, index_spec: str,
           reindex_spec: str | None, regions: str, region_discount: float | None,
           batch_size: int, ray_address: str | None, ray_actors: int | None,
-          progress: bool) -> None:
+          progress: bool, wait: bool) -> None:
     """Create or update COLLECTION from the images under FOLDER (recursively)."""
     from lookalike.collection import Collection
 
@@ -88,7 +100,7 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
     coll = Collection.open(collection, encoder=model) if folder is None else \
         Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions,
                                   region_discount=region_discount)
-    with coll:
+    with coll, coll.writing(wait=wait):
         if folder is not None:
             embed_with = None
             if ray_address is not None:
@@ -99,7 +111,8 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
             report = coll.index_folder(folder, batch_size=batch_size, progress=progress,
                                        embed_with=embed_with)
             for image_id, reason in report.failed.items():
-                click.echo(f"skipped {image_id}: {reason}", err=True)
+                click.echo(f"skipped {shown(image_id)}: {reason}", err=True)
+            _echo_skipped(report.skipped)
             click.echo(f"{collection}: {report.summary()}")
         if reindex_spec is not None:
             coll.reindex(reindex_spec)
@@ -109,6 +122,16 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
                    + (f" (chose {info['chosen']})" if "chosen" in info else "")
                    + f"; vectors {info['vector_bytes'] / 2**20:.1f} MiB, "
                    f"index structure {info['structure_bytes'] / 2**20:.1f} MiB")
+
+
+def _echo_skipped(skipped: dict[str, str]) -> None:
+    """What the folder held besides images, one line a reason (a folder of 10,000 SVGs is
+    one line, with an example)."""
+    by_reason = Counter(skipped.values())
+    for reason, count in by_reason.items():
+        example = next(i for i, r in skipped.items() if r == reason)
+        more = f" and {count - 1} more" if count > 1 else ""
+        click.echo(f"skipped {shown(example)}{more}: {reason}", err=True)
 
 
 @cli.command()
@@ -174,7 +197,7 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
         verified = (f"  verified ({hit.inliers} matches)" if hit.inliers is not None else
                     f"  verified (pixels within {hit.pixel_error:.1f})"
                     if hit.pixel_error is not None else "")
-        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id}{grade}{verified}")
+        click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {shown(hit.id)}{grade}{verified}")
 
 
 @cli.command()
@@ -438,15 +461,44 @@ def serve(collection: Path, host: str, port: int) -> None:
     """Serve COLLECTION over HTTP: a web page (drop an image, drag a box on it) and a JSON
     API (/docs). Images indexed meanwhile by `lookalike index` show up without a restart."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (run_server's, checked here for the one clear message)
 
-        from lookalike.server import create_app
+        from lookalike.server import address, bind, create_app, run_server
     except ImportError as exc:
         raise LookalikeError(f"serve needs the serve extra: pip install 'lookalike[serve]' "
                              f"({exc.name} is missing)") from None
-    app = create_app(collection)
-    click.echo(f"lookalike: serving {collection} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Bound first: a taken port fails at once, before the model loads, as one clear error.
+    with bind(host, port) as sock:
+        app = create_app(collection)
+        bound = address(host, sock.getsockname()[1])  # --port 0: the port the system chose
+        click.echo(f"lookalike: serving {collection} on http://{bound}/", err=True)
+        run_server(app, sock)
+
+
+@cli.command()
+@collection_option
+@click.option("--repair", is_flag=True, help="Mend what is found: restore the manifest, "
+              "re-embed damaged or lost vectors, rebuild the index.")
+@click.option("--wait", is_flag=True, help="With --repair: wait for another writer.")
+def check(collection: Path, repair: bool, wait: bool) -> None:
+    """Check COLLECTION's files (manifest, catalog, vector checksums, index, indexed images)
+    and say what is wrong; exit status 1 when something is."""
+    from lookalike.check import check_collection, repair_collection
+
+    findings = check_collection(collection)
+    for finding in findings:
+        click.echo(shown(str(finding)))
+    if findings and repair:
+        for action in repair_collection(collection, wait=wait, progress=False):
+            click.echo(f"repair: {shown(action)}")
+        findings = check_collection(collection)
+        for finding in findings:
+            click.echo(f"still: {shown(str(finding))}")
+    if findings:
+        if not repair:
+            click.echo(f"run `lookalike check -c {collection} --repair` to mend it", err=True)
+        sys.exit(1)
+    click.echo(f"{collection}: no problems found")
 
 
 @cli.command()
@@ -466,11 +518,17 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("lookalike: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # one line too, with where to find the usage
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        click.echo(f"lookalike: error: {shown(exc.format_message())}{hint}", err=True)
+        sys.exit(2)
     except LookalikeError as exc:
-        click.echo(f"lookalike: error: {exc}", err=True)
+        click.echo(f"lookalike: error: {shown(str(exc))}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a path that cannot be read or written: name it, no traceback
+        where = exc.filename if exc.filename is not None else "lookalike"
+        click.echo(f"lookalike: error: {shown(str(where))}: {exc.strerror or exc}", err=True)
         sys.exit(2)
 
 

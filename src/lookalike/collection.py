@@ -8,15 +8,17 @@ Layout of a collection folder:
     index/           the search index (see `lookalike.index`), derived from the catalog
     index.json       the catalog generation the index reflects; on a mismatch the index is
                      brought up to date by adding and removing the vectors that changed
+    lock             held by the one process writing (see `lookalike.lock`)
 
 The catalog commits one batch at a time, so killing the process and re-running resumes
-where it stopped; manifest and index are replaced atomically.
+where it stopped; manifest and index are replaced atomically. The catalog keeps a copy of
+the manifest, and the manifest the indexed folder, so that either can be rebuilt from the
+other (`lookalike check --repair`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,13 +33,15 @@ import numpy as np
 from lookalike import verification
 from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
-from lookalike.catalog import Catalog, ImageRecord, VectorRow
+from lookalike.catalog import Catalog, DamagedVectorsError, ImageRecord, VectorRow
 from lookalike.distributed import BatchEncoder
 from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
 from lookalike.errors import LookalikeError
-from lookalike.images import IMAGE_SUFFIXES, Box, ImageError, ImageSource, decode
+from lookalike.folder import image_path, scan_folder, sha256_or_error
+from lookalike.images import Box, ImageError, ImageSource, decode
 from lookalike.index import IndexError_, VectorIndex, create_index, load_index
 from lookalike.index.spec import Number
+from lookalike.lock import WriterLock
 from lookalike.regions import Regions, parse_regions
 from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
 
@@ -84,12 +88,14 @@ class IndexReport:
     renamed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # not images lookalike can read
     unchanged: int = 0
 
     def summary(self) -> str:
         return (f"{len(self.added)} added, {len(self.updated)} updated, "
                 f"{len(self.renamed)} reused (renamed or copied), {len(self.removed)} removed, "
-                f"{len(self.failed)} failed, {self.unchanged} unchanged")
+                f"{len(self.failed)} failed, {len(self.skipped)} skipped, "
+                f"{self.unchanged} unchanged")
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -97,15 +103,16 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2)
 
 
-def _sha256_or_error(path: Path) -> str | OSError:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        return exc
-    return digest.hexdigest()
+def _check_creatable(path: Path) -> None:
+    """A collection can be made at `path`: it is a folder, or can become one."""
+    if path.exists() and not path.is_dir():
+        raise LookalikeError(f"{path}: not a folder, cannot hold a collection")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise LookalikeError(f"{path}: cannot create the collection ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LookalikeError(f"{path}: cannot create the collection (no permission to "
+                             f"write in {existing})")
 
 
 def _compare(on_disk: Mapping[str, Path], known: Mapping[str, ImageRecord]
@@ -136,26 +143,15 @@ def _compare(on_disk: Mapping[str, Path], known: Mapping[str, ImageRecord]
     return changed, unreadable, unchanged
 
 
-def scan_images(root: Path) -> dict[str, Path]:
-    """Image files under `root`, recursively, keyed by their id (relative path, '/')."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                path = Path(dirpath) / name
-                found[path.relative_to(root).as_posix()] = path
-    return dict(sorted(found.items()))
-
-
 class Collection:
     """Open with `Collection.open(path)` or `Collection.create(path, encoder=...)`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], encoder: Encoder | None = None
-                 ) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], encoder: Encoder | None = None,
+                 catalog: Catalog | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        self.catalog = Catalog(path / "catalog.sqlite")
+        self.catalog = catalog or Catalog(path / "catalog.sqlite")
+        self.writer = WriterLock(path)
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_at = -1  # the catalog generation `_index` reflects
@@ -175,6 +171,12 @@ class Collection:
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
+        if (path / "catalog.sqlite").exists():
+            raise LookalikeError(
+                f"{path}: manifest.json is missing but the catalog is there; "
+                f"`lookalike check -c {path} --repair` restores it (a new manifest could "
+                "mix another model's vectors with these)")
+        _check_creatable(path)  # before the model loads
         parsed = parse_regions(regions)
         regions = str(parsed) if parsed else "none"  # normalised: grid -> grid:3
         if region_discount is None:
@@ -185,31 +187,50 @@ class Collection:
         if parsed and parsed.size:
             enc.at_size(parsed.size)  # refused now, not after a first batch, if it can't
         index = create_index(index, enc.dim).spec  # validated and normalised first
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LookalikeError(f"{path}: cannot create the collection ({exc.strerror})"
+                                 ) from None
         manifest = {"format_version": FORMAT_VERSION, "encoder": enc.describe(),
                     "index": index, "regions": regions, "region_discount": region_discount}
-        _write_json_atomic(path / "manifest.json", manifest)
-        return cls(path, manifest, enc)
+        catalog = Catalog(path / "catalog.sqlite", create=True)
+        coll = cls(path, manifest, enc, catalog)
+        coll.save_manifest(manifest)
+        return coll
 
     @classmethod
-    def open(cls, path: str | Path, *, encoder: str | None = None) -> Collection:
+    def open(cls, path: str | Path, *, encoder: str | Encoder | None = None) -> Collection:
         """Open an existing collection; naming a different encoder than it was built with
-        is an error (vectors of two models are not comparable)."""
+        is an error (vectors of two models are not comparable). A loaded `Encoder` is used
+        as it is (after the same check) instead of loading the collection's own."""
         path = Path(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
             built_with = manifest["encoder"]["name"]
         except FileNotFoundError:
+            if (path / "catalog.sqlite").exists():
+                raise LookalikeError(f"{path}: manifest.json is missing; `lookalike check -c "
+                                     f"{path} --repair` restores it") from None
             raise LookalikeError(f"{path}: not a lookalike collection (no manifest.json)"
+                                 ) from None
+        except NotADirectoryError:
+            raise LookalikeError(f"{path}: not a lookalike collection (not a folder)"
+                                 ) from None
+        except PermissionError:
+            raise LookalikeError(f"{path}: permission denied (a collection of another user?)"
                                  ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise LookalikeError(f"{path}/manifest.json: malformed ({exc})") from None
-        if encoder is not None and encoder != built_with:
+        given = encoder.describe() if isinstance(encoder, Encoder) else {"name": encoder}
+        if encoder is not None and (given["name"] != built_with or given.get(
+                "weights_sha256", manifest["encoder"].get("weights_sha256"))
+                != manifest["encoder"].get("weights_sha256")):
             raise LookalikeError(
-                f"{path}: built with encoder {built_with!r}, cannot use {encoder!r}; "
+                f"{path}: built with encoder {built_with!r}, cannot use {given['name']!r}; "
                 "create a new collection for another encoder"
             )
-        return cls(path, manifest)
+        return cls(path, manifest, encoder if isinstance(encoder, Encoder) else None)
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
@@ -222,6 +243,20 @@ class Collection:
 
     def close(self) -> None:
         self.catalog.close()
+
+    def writing(self, *, wait: bool = False) -> WriterLock:
+        """`with coll.writing(wait=...):` holds the collection's writer lock: a second
+        writer waits (`wait`) or stops with a message. Every method that writes takes it
+        too (re-entering is free)."""
+        self.writer.wait = wait
+        return self.writer
+
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        """manifest.json, and its copy in the catalog (what `check --repair` restores)."""
+        with self.catalog.transaction() as db:
+            self.catalog.set_meta(db, "manifest", json.dumps(manifest))
+        _write_json_atomic(self.path / "manifest.json", manifest)
+        self.manifest = manifest
 
     def __enter__(self) -> Collection:
         return self
@@ -278,29 +313,37 @@ class Collection:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise LookalikeError(f"{root}: not a directory")
-        on_disk = scan_images(root)
+        with self.writer:
+            return self._index_folder(root, batch_size, progress, after_batch, embed_with)
+
+    def _index_folder(self, root: Path, batch_size: int, progress: bool,
+                      after_batch: Callable[[int], None] | None,
+                      embed_with: BatchEncoder | None) -> IndexReport:
+        scan = scan_folder(root)
+        on_disk = scan.files
         known = self.catalog.images()
-        report = IndexReport()
+        report = IndexReport(skipped=scan.skipped)
         if self.root != root.resolve():
             with self.catalog.transaction() as db:
                 self.catalog.set_meta(db, "root", str(root.resolve()))
+        if self.manifest.get("root") != str(root.resolve()):
+            self.save_manifest({**self.manifest, "root": str(root.resolve())})
 
         changed, unreadable, report.unchanged = _compare(on_disk, known)
         todo: list[tuple[str, Path, os.stat_result, str]] = []
         with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib releases the GIL
-            hashes = list(pool.map(_sha256_or_error, [path for _, path, _ in changed]))
+            hashes = list(pool.map(sha256_or_error, [path for _, path, _ in changed]))
         for (image_id, path, stat), sha in zip(changed, hashes, strict=True):
             if isinstance(sha, OSError):
                 unreadable.append((image_id, stat, f"cannot read: {sha.strerror}"))
                 continue
             twin = self.catalog.ok_image_with_hash(sha)
-            if twin is not None:
-                self._reuse(twin, image_id, stat, sha)
+            if twin is not None and self._reuse(twin, image_id, stat, sha):
                 (report.updated if image_id in known else report.renamed).append(image_id)
                 continue
             todo.append((image_id, path, stat, sha))
 
-        gone = sorted(set(known) - set(on_disk))
+        gone = sorted(i for i in set(known) - set(on_disk) if not scan.under_unreadable(i))
         if gone or unreadable:
             with self.catalog.transaction() as db:
                 self.catalog.remove_images(db, gone)
@@ -342,14 +385,20 @@ class Collection:
         self.save_index()
         return report
 
-    def _reuse(self, twin: str, image_id: str, stat: os.stat_result, sha: str) -> None:
+    def _reuse(self, twin: str, image_id: str, stat: os.stat_result, sha: str) -> bool:
+        """Give `image_id` the vectors of its identical twin; False when the twin's are
+        damaged (the file is then embedded)."""
         source = self.catalog.image(twin)
         assert source is not None
-        rows = [VectorRow(image_id, r.box, r.vector) for r in self.catalog.vector_rows(twin)]
+        try:
+            rows = [VectorRow(image_id, r.box, r.vector) for r in self.catalog.vector_rows(twin)]
+        except DamagedVectorsError:
+            return False
         record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, source.width,
                              source.height, "ok", None)
         with self.catalog.transaction() as db:
             self.catalog.put_image(db, record, rows)
+        return True
 
     # -- the index ------------------------------------------------------------------------
 
@@ -433,19 +482,20 @@ class Collection:
 
     def set_calibration(self, calibrator: Calibrator | None) -> None:
         """Save (or with None, drop) the calibration used by every later search."""
-        if calibrator is None:
-            (self.path / "calibration.json").unlink(missing_ok=True)
-        else:
-            calibrator.save(self.path / "calibration.json")
+        with self.writer:
+            if calibrator is None:
+                (self.path / "calibration.json").unlink(missing_ok=True)
+            else:
+                calibrator.save(self.path / "calibration.json")
 
     def reindex(self, spec: str) -> None:
         """Switch to another index spec, built from the stored vectors (no re-embedding)."""
         spec = create_index(spec, self.dim).spec  # validated and normalised first
-        self.manifest = {**self.manifest, "index": spec}
-        _write_json_atomic(self.path / "manifest.json", self.manifest)
-        (self.path / "index.json").unlink(missing_ok=True)
-        self._index = None
-        self.save_index()
+        with self.writer:
+            self.save_manifest({**self.manifest, "index": spec})
+            (self.path / "index.json").unlink(missing_ok=True)
+            self._index = None
+            self.save_index()
 
     def index_info(self) -> dict[str, Any]:
         """The index's size and memory, and vectors an image, for reports."""
@@ -491,7 +541,7 @@ class Collection:
         if like is not None:
             if self.catalog.image(like) is None:
                 raise LookalikeError(f"{like}: no such id in the collection")
-            image = (self.root or self.path) / like
+            image = image_path(self.root or self.path, like)
         assert image is not None
         item: EncodeInput = (image, crop) if crop is not None else image
         return self._search_items([item], k=k, metric=metric, options=options,
@@ -642,7 +692,8 @@ class Collection:
             if image_id in seen or image_id in skip:
                 continue
             seen.add(image_id)
-            hits.append(Hit(len(hits) + 1, image_id, str(root / image_id), float(score), box))
+            hits.append(Hit(len(hits) + 1, image_id, str(image_path(root, image_id)),
+                            float(score), box))
             if len(hits) == wanted:
                 break
         return hits

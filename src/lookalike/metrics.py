@@ -48,7 +48,7 @@ Qrels = Mapping[str, Mapping[str, int]]
 Gain = Literal["linear", "exp"]
 
 DEFAULT_METRICS = ("mrr", "p@10", "r@10", "map", "ndcg@10")
-_NAME = re.compile(r"^(mrr|p|r|map|ndcg|dcg|rprec|success)(?:@(\d+))?$")
+_NAME = re.compile(r"^(mrr|p|r|map|ndcg|dcg|rprec|success)(?:@([0-9]+))?$")
 _NEEDS_K = {"p", "r", "dcg", "success"}
 _NO_K = {"rprec"}
 

@@ -25,6 +25,7 @@ come in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +147,8 @@ def parse_regions(spec: str) -> Regions | None:
     text, at, pixels = text.partition("@")
     name, _, arg = text.partition(":")
     default = {"grid": 3, "proposals": 8}
-    if name in default and (not arg or arg.isdigit()) and (not at or pixels.isdigit()):
+    if name in default and re.fullmatch(r"[0-9]*", arg) and (  # ASCII: "²".isdigit() is True
+            not at or re.fullmatch(r"[0-9]+", pixels)):
         count = int(arg) if arg else default[name]
         size = int(pixels) if pixels else None
         if ((name == "grid" and 2 <= count <= 6) or (name == "proposals" and 1 <= count <= 32)

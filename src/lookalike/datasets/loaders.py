@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.atomic import atomic_write
-from lookalike.collection import scan_images
 from lookalike.errors import LookalikeError
+from lookalike.folder import scan_images
 from lookalike.images import decode
 
 

@@ -157,6 +157,9 @@ class AutoIndex:
     def save(self, path: Path) -> None:
         self.inner.save(path, meta={"spec": self.spec, "tuning": self.tuning})
 
+    def damage(self, folder: Path) -> str | None:
+        return self.inner.damage(folder)
+
     def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
         self.tuning = meta["tuning"]
         self.inner = _create(self.tuning["chosen"], self.dim, self.metric)

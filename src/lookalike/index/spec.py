@@ -43,7 +43,7 @@ _BODIES: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("opq", "ivf", "pq"): ("opq-ivfpq", ("nlist", "m")),
 }
 _NUMBERED = {"hnsw", "ivf", "pq"}
-_TOKEN = re.compile(r"([a-z]+)(\d*)")
+_TOKEN = re.compile(r"([a-z]+)([0-9]*)")
 EXPECTED = ("flat, kdtree, annoy, lsh, scann, auto, hnswM, ivfN, ivfN,pqM or opq,ivfN,pqM, "
             "optionally followed by :name=value,... (e.g. 'ivf1024,pq32:nprobe=16')")
 

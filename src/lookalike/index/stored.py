@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -279,7 +280,8 @@ class StoredIndex:
         if self._built:
             self._save_structure(tmp)
         meta = {"format_version": FORMAT_VERSION, "spec": self.spec, "metric": self.metric,
-                "dim": self.dim, "built": self._built, **self._meta(), **(meta or {})}
+                "dim": self.dim, "built": self._built, "vectors_crc32": _crc32(self._vectors),
+                **self._meta(), **(meta or {})}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -292,6 +294,15 @@ class StoredIndex:
         """Extra state the family needs back on load."""
         return {}
 
+    def damage(self, folder: Path) -> str | None:
+        """What is wrong with the saved copy of these vectors, if anything: a full read of
+        `vectors.npy` against the checksum written beside it (for `lookalike check`)."""
+        meta = json.loads((folder / "meta.json").read_text())
+        expected = meta.get("vectors_crc32")
+        if expected is not None and _crc32(self._vectors) != expected:
+            return f"{folder / 'vectors.npy'}: the vectors do not match their checksum"
+        return None
+
     def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
         self._ids = np.load(folder / "ids.npy")
         self._alive = np.load(folder / "alive.npy")
@@ -301,3 +312,11 @@ class StoredIndex:
         self._built = int(meta["built"])
         if self._built and not self._load_structure(folder):
             self.rebuild()
+
+
+def _crc32(vectors: np.ndarray, chunk_rows: int = 1 << 14) -> int:
+    """CRC-32 of the rows' bytes, read a chunk at a time (a memory map stays unloaded)."""
+    crc = 0
+    for start in range(0, vectors.shape[0], chunk_rows):
+        crc = zlib.crc32(np.ascontiguousarray(vectors[start:start + chunk_rows]).data, crc)
+    return crc

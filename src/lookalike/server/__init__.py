@@ -1,5 +1,5 @@
 """HTTP API and web page over one collection (`lookalike serve`; needs the `serve` extra)."""
 
-from lookalike.server.app import create_app
+from lookalike.server.app import address, bind, create_app, run_server
 
-__all__ = ["create_app"]
+__all__ = ["address", "bind", "create_app", "run_server"]

@@ -4,7 +4,8 @@
     GET  /api/info              the collection: images, encoder, index, regions
     POST /api/search            form fields: image (a file) or like (an indexed id), crop
                                 ("X0,Y0,X1,Y1"), k, verify, metric -> {"hits": [...]}
-    GET  /api/images/{id}       an indexed image as a JPEG, at most `size` px a side
+    GET  /api/images/{id}       an indexed image as a JPEG, at most `size` px a side (the id
+                                percent-encoded: a file name may hold any character)
 
 One worker thread owns the collection and runs every call in turn: SQLite connections stay
 in the thread that opened them, and one search already keeps every core busy.
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,14 +27,65 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from lookalike.collection import Collection, Hit, Metric
 from lookalike.errors import ImageError, LookalikeError
+from lookalike.folder import image_path
 from lookalike.images import Box, ImageSource, decode, parse_box
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 VERIFY_LIMIT = 200  # candidates a request may ask to verify (~5-10 ms each)
 T = TypeVar("T")
+
+
+class _AnyText(Convertor[str]):
+    """Any text, newlines included: Starlette's `path` (`.*`) stops at a newline, and a file
+    name (so an image id) may hold one."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("lookalike_any", _AnyText())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, as uvicorn opens one: opening it before the server
+    starts makes a taken port one clear LookalikeError instead of uvicorn's log line and
+    exit 3, and once it listens, clients wait in its backlog instead of being refused."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog; with SO_REUSEADDR a clash may show only here
+    except OSError as exc:  # in use, not ours to take, or no such host
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise LookalikeError(f"{address(host, port)}: {reason[:1].lower()}{reason[1:]}"
+                             ) from None
+    return sock
+
+
+def address(host: str, port: int) -> str:
+    """host:port as a URL writes it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run_server(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` on the bound `sock` until interrupted (Ctrl-C ends it quietly, as
+    `uvicorn.run` does)."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    with suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
 
 
 def create_app(collection: str | Path) -> FastAPI:
@@ -116,7 +169,7 @@ def create_app(collection: str | Path) -> FastAPI:
             raise HTTPException(400, f"{name}: {exc.reason}") from None
         return {"hits": hits, "seconds": round(time.perf_counter() - start, 4)}
 
-    @app.get("/api/images/{image_id:path}")
+    @app.get("/api/images/{image_id:lookalike_any}")
     async def indexed_image(image_id: str, size: Annotated[int, Query(ge=16, le=2048)] = 320
                             ) -> Response:
         path = await run(lambda: _indexed_path(coll, image_id))
@@ -136,7 +189,7 @@ def _indexed_path(coll: Collection, image_id: str) -> Path:
     record = coll.catalog.image(image_id)
     if record is None or record.status != "ok":
         raise HTTPException(404, f"{image_id}: no such image in the collection")
-    return (coll.root or coll.path) / image_id
+    return image_path(coll.root or coll.path, image_id)  # `\xNN` ids too
 
 
 def _thumbnail(path: Path, size: int) -> bytes:
@@ -162,5 +215,5 @@ def _hit_json(coll: Collection, hit: Hit) -> dict[str, Any]:
     record = coll.catalog.image(hit.id)
     if record is not None:
         out["width"], out["height"] = record.width, record.height
-    out["url"] = "api/images/" + quote(hit.id)
+    out["url"] = "api/images/" + quote(hit.id)  # "?", "#", "%", newlines too; "/" kept
     return out

@@ -26,7 +26,7 @@ Mode = Literal["head", "finetune"]
 
 def folder_labels(root: Path) -> tuple[list[Path], np.ndarray]:
     """Every image under `root`, labelled by its subfolder."""
-    from lookalike.collection import scan_images
+    from lookalike.folder import scan_images
 
     images = scan_images(root)
     names = [Path(i).parent.as_posix() for i in images]

@@ -1,0 +1,208 @@
+"""`lookalike check`: is a collection whole? What is damaged, and the repair.
+
+Like `git fsck`, each part is checked on its own and every finding names what it found:
+the manifest (present, readable, the same encoder as the catalog's copy of it), the catalog
+(SQLite's own check), each stored vector (its CRC-32), the index (readable, the manifest's
+spec, its vectors' checksum, the same vectors as the catalog) and the indexed files (still
+there, unchanged).
+
+Repair restores what can be restored and rebuilds what is derived: the manifest from the
+catalog's copy, a lost or damaged catalog by indexing the folder again (the damaged file is
+kept aside), damaged vectors by re-embedding their images, the index from the catalog. It
+then brings the collection in line with its folder, so the result equals a clean build.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.catalog import Catalog, DamagedVectorsError
+from lookalike.collection import Collection
+from lookalike.encoders import Encoder
+from lookalike.errors import LookalikeError
+from lookalike.folder import image_path
+from lookalike.index import IndexError_, load_index
+
+CATALOG = "catalog.sqlite"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong: the part of the collection (manifest, catalog, vectors, index,
+    files) and what is wrong with it."""
+
+    part: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.part}: {self.message}"
+
+
+def check_collection(path: str | Path) -> list[Finding]:
+    """Everything wrong with the collection at `path`; an empty list when it is whole."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LookalikeError(f"{path}: not a collection folder")
+    findings: list[Finding] = []
+    manifest = _read_manifest(path)
+    if isinstance(manifest, str):
+        if not (path / CATALOG).exists():
+            raise LookalikeError(f"{path}: not a lookalike collection (no manifest.json "
+                                 f"and no {CATALOG})")
+        findings.append(Finding("manifest", manifest))
+    try:
+        catalog = _open_catalog(path)
+    except LookalikeError as exc:
+        return [*findings, Finding("catalog", str(exc))]
+    with closing(catalog):
+        copy = catalog.get_meta("manifest")
+        if isinstance(manifest, dict) and copy is not None:
+            recorded = json.loads(copy)["encoder"]
+            if recorded.get("weights_sha256") != manifest["encoder"].get("weights_sha256"):
+                findings.append(Finding("manifest", (
+                    f"manifest.json names encoder {manifest['encoder']['name']!r}, but the "
+                    f"catalog's vectors come from {recorded['name']!r}")))
+        if isinstance(manifest, str):
+            return findings
+        damaged = catalog.damaged_images(int(manifest["encoder"]["dim"]))
+        if damaged:
+            findings.append(Finding("vectors", str(DamagedVectorsError(catalog.path,
+                                                                       damaged))))
+        findings += _index_findings(path, manifest, catalog)
+        findings += _file_findings(manifest, catalog)
+    return findings
+
+
+def repair_collection(path: str | Path, *, encoder: Encoder | None = None,
+                      wait: bool = False, progress: bool = False) -> list[str]:
+    """Mend what `check_collection` finds; returns what was done, one line an action.
+    `encoder` replaces loading the collection's own (tests pass theirs)."""
+    path = Path(path)
+    actions: list[str] = []
+    manifest = _read_manifest(path)
+    catalog: Catalog | None
+    try:
+        catalog = _open_catalog(path)
+    except LookalikeError:
+        catalog = None
+    if isinstance(manifest, str):
+        copy = catalog.get_meta("manifest") if catalog is not None else None
+        if copy is None:
+            raise LookalikeError(f"{path}: cannot restore manifest.json: the catalog holds no "
+                                 "copy of it; index the folder into a new collection")
+        manifest = json.loads(copy)
+        actions.append("restored manifest.json from the catalog's copy")
+    assert isinstance(manifest, dict)
+    if catalog is None:
+        kept = []
+        for suffix in ("", "-wal", "-shm"):
+            old = path / f"{CATALOG}{suffix}"
+            if old.exists():
+                old.replace(path / f"{CATALOG}{suffix}.damaged")
+                kept.append(f"{CATALOG}{suffix}.damaged")
+        catalog = Catalog(path / CATALOG, create=True)
+        actions.append("started a new catalog" + (f" (the damaged one is kept as "
+                                                  f"{', '.join(kept)})" if kept else ""))
+    coll = Collection(path, manifest, encoder, catalog)
+    with coll, coll.writing(wait=wait):
+        coll.save_manifest(manifest)
+        shutil.rmtree(path / "index", ignore_errors=True)  # derived: rebuilt below
+        (path / "index.json").unlink(missing_ok=True)
+        damaged = catalog.damaged_images(coll.dim)
+        if damaged:
+            with catalog.transaction() as db:
+                catalog.remove_images(db, damaged)
+            actions.append(f"dropped the damaged vectors of {len(damaged)} image(s)")
+        root = _root(manifest, catalog)
+        if root is not None and root.is_dir():
+            report = coll.index_folder(root, progress=progress)
+            actions.append(f"indexed {root} again: {report.summary()}")
+        else:
+            coll.save_index()
+            actions.append(f"could not re-embed anything: the indexed folder {root} is gone; "
+                           f"run `lookalike index FOLDER -c {path}`")
+        actions.append("rebuilt the index from the catalog")
+    return actions
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | str:
+    """The manifest, or what is wrong with it."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["encoder"]["name"], int(manifest["encoder"]["dim"])
+    except FileNotFoundError:
+        return "manifest.json is missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"manifest.json is unreadable ({exc})"
+    return dict(manifest)
+
+
+def _open_catalog(path: Path) -> Catalog:
+    catalog = Catalog(path / CATALOG)
+    problems = catalog.integrity_problems()
+    if problems:
+        catalog.close()
+        raise LookalikeError(f"{path / CATALOG}: damaged ({'; '.join(problems[:3])})")
+    return catalog
+
+
+def _index_findings(path: Path, manifest: dict[str, Any], catalog: Catalog) -> list[Finding]:
+    folder = path / "index"
+    if not folder.is_dir():
+        return [Finding("index", f"{folder} is missing")]
+    try:
+        index = load_index(folder)
+    except IndexError_ as exc:
+        return [Finding("index", str(exc))]
+    if index.spec != manifest["index"]:
+        return [Finding("index", f"{folder} is a {index.spec} index, the manifest says "
+                                 f"{manifest['index']}")]
+    damage = index.damage(folder)
+    if damage:
+        return [Finding("index", damage)]
+    try:
+        generation = int(json.loads((path / "index.json").read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [Finding("index", f"{path / 'index.json'} is missing or unreadable")]
+    vids = catalog.vector_map()[0]
+    if generation == catalog.generation and not np.array_equal(np.sort(index.ids), vids):
+        return [Finding("index", f"{folder} holds other vectors than the catalog")]
+    return []
+
+
+def _file_findings(manifest: dict[str, Any], catalog: Catalog) -> list[Finding]:
+    root = _root(manifest, catalog)
+    if root is None:
+        return []
+    if not root.is_dir():
+        return [Finding("files", f"{root}: the indexed folder is gone")]
+    gone, changed = [], []
+    for image_id, record in catalog.images().items():
+        try:
+            stat = image_path(root, image_id).stat()
+        except OSError:
+            gone.append(image_id)
+            continue
+        if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+            changed.append(image_id)
+    return [Finding("files", f"{len(ids)} indexed file(s) {what} ({_few(ids)}); "
+                             "`lookalike index` or `check --repair` brings the collection "
+                             "in line")
+            for ids, what in ((gone, "are gone"), (changed, "changed since indexing")) if ids]
+
+
+def _root(manifest: dict[str, Any], catalog: Catalog) -> Path | None:
+    root = manifest.get("root") or catalog.get_meta("root")
+    return Path(root) if root else None
+
+
+def _few(ids: list[str], shown: int = 3) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown
+                                     else "")

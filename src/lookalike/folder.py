@@ -1,0 +1,95 @@
+"""The indexed folder: which files are images, their ids, and what was skipped and why.
+
+An image's id is its path relative to the indexed folder, with `/`. A name that is not valid
+UTF-8 (common on disks from other systems) cannot be stored, printed or sent as JSON as it
+is: its undecodable bytes are written `\\xNN` in the id, and `image_path` finds the file
+again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lookalike.images import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def image_id(relative: str) -> str:
+    """The id of a file at `relative` ('/'-separated); os.walk hands undecodable bytes over
+    as surrogate escapes, which become `\\xNN`."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def image_path(root: Path, image_id: str) -> Path:
+    """The file an id names: `root / id`, or, for an id with `\\xNN` escapes whose literal
+    name does not exist, the file whose name has those bytes."""
+    path = root / image_id
+    if "\\x" in image_id and not os.path.lexists(path):
+        raw = _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), image_id.encode())
+        path = root / os.fsdecode(raw)
+    return path
+
+
+@dataclass
+class FolderScan:
+    """The image files under a folder by id, and what was passed over: files of formats
+    lookalike cannot read, and sub-folders it could not list (relative path -> why)."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    unreadable_folders: list[str] = field(default_factory=list)
+
+    def under_unreadable(self, image_id: str) -> bool:
+        """The id lies in a folder that could not be listed: its file may well still be
+        there, so what the catalog knows of it is kept."""
+        return any(image_id.startswith(f"{folder}/") for folder in self.unreadable_folders)
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """Image files under `root`, recursively, in id order; hidden files and folders are
+    left out on purpose and not reported."""
+    scan = FolderScan()
+
+    def unreadable(error: OSError) -> None:
+        folder = image_id(Path(error.filename).relative_to(root).as_posix())
+        if folder == ".":  # the root itself: nothing to index, and a clear error
+            raise error
+        scan.unreadable_folders.append(folder)
+        scan.skipped[f"{folder}/"] = f"folder cannot be read: {error.strerror}"
+
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            suffix = Path(name).suffix.lower()
+            relative = image_id((Path(dirpath) / name).relative_to(root).as_posix())
+            if suffix in IMAGE_SUFFIXES:
+                found[relative] = Path(dirpath) / name
+            elif suffix in UNSUPPORTED_SUFFIXES:
+                scan.skipped[relative] = f"unsupported format ({UNSUPPORTED_SUFFIXES[suffix]})"
+    scan.files = dict(sorted(found.items()))
+    return scan
+
+
+def scan_images(root: Path) -> dict[str, Path]:
+    """Image files under `root`, recursively, keyed by their id."""
+    return scan_folder(root).files
+
+
+def sha256_or_error(path: Path) -> str | OSError:
+    """The file's sha256, or why it could not be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return exc
+    return digest.hexdigest()
