@@ -222,15 +222,15 @@ class Collection:
                                  ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise LookalikeError(f"{path}/manifest.json: malformed ({exc})") from None
-        given = encoder.describe() if isinstance(encoder, Encoder) else {"name": encoder}
-        if encoder is not None and (given["name"] != built_with or given.get(
-                "weights_sha256", manifest["encoder"].get("weights_sha256"))
-                != manifest["encoder"].get("weights_sha256")):
+        loaded = encoder if isinstance(encoder, Encoder) else None
+        name = loaded.name if loaded else encoder
+        if name is not None and (name != built_with or (
+                loaded and loaded.fingerprint != manifest["encoder"].get("weights_sha256"))):
             raise LookalikeError(
-                f"{path}: built with encoder {built_with!r}, cannot use {given['name']!r}; "
+                f"{path}: built with encoder {built_with!r}, cannot use {name!r}; "
                 "create a new collection for another encoder"
             )
-        return cls(path, manifest, encoder if isinstance(encoder, Encoder) else None)
+        return cls(path, manifest, loaded)
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
