@@ -212,3 +212,28 @@ def test_run_file_keeps_a_reranked_order(tmp_path: Path) -> None:
     scores = read_run(tmp_path / "run.txt")["q"]
     assert sorted(scores, key=lambda d: -scores[d]) == ["copy", "b", "c"]
     assert scores["copy"] == pytest.approx(0.41)
+
+
+def _modules_after(*args: str | Path) -> tuple[set[str], str]:
+    """The heavy libraries a CLI call imported, and its stdout."""
+    code = ("import sys; from lookalike.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = ('torch', 'timm', 'torchvision', 'onnxruntime')\n"
+            "print('IMPORTED', *sorted(m for m in heavy if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    *out, last = result.stdout.strip().splitlines()
+    assert last.startswith("IMPORTED"), result.stderr
+    return set(last.split()[1:]), "\n".join(out)
+
+
+def test_search_on_a_cached_model_imports_neither_torch_nor_timm(
+        indexed: tuple[Path, Path]) -> None:
+    root, coll = indexed
+    imported, out = _modules_after("search", "-c", coll, root / "coffee.jpg", "-k", "1")
+    assert "coffee.jpg" in out
+    assert imported == {"onnxruntime"}
+    imported, out = _modules_after("search", "-c", coll, "--like", "rocket.jpg", "-k", "1")
+    assert out.strip() and imported == set()  # --like loads no model at all
+    imported, _ = _modules_after("search", "-c", coll)  # a usage error: nothing heavy
+    assert imported == set()

@@ -165,15 +165,15 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
            nprobe: int | None, ef: int | None, search_k: int | None, rerank: int | None,
            min_grade: float | None, query_regions: str, verify: int) -> None:
     """Search COLLECTION with IMAGE (or a crop of it), an indexed id, or a queries file."""
-    from lookalike.collection import Collection
-    from lookalike.trec import read_queries, write_run
-
     if (queries is None) != (run_path is None):
         raise click.UsageError("batch mode needs both --queries and --run")
     if queries is None and (image is None) == (like is None):
         raise click.UsageError("give an IMAGE or --like ID (or --queries and --run)")
     if crop is not None and image is None:
         raise click.UsageError("--crop needs an IMAGE")
+    from lookalike.collection import Collection  # after the usage checks: it takes a while
+    from lookalike.trec import read_queries, write_run
+
     given = {"nprobe": nprobe, "ef": ef, "search_k": search_k, "rerank": rerank}
     options = {name: value for name, value in given.items() if value is not None}
     with Collection.open(collection) as coll:

@@ -35,7 +35,13 @@ from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
 from lookalike.catalog import Catalog, DamagedVectorsError, ImageRecord, VectorRow
 from lookalike.distributed import BatchEncoder
-from lookalike.encoders import DEFAULT_ENCODER, EncodeInput, Encoder, create_encoder
+from lookalike.encoders import (
+    DEFAULT_ENCODER,
+    EncodeInput,
+    Encoder,
+    cached_encoder,
+    create_encoder,
+)
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path, scan_folder, sha256_or_error
 from lookalike.images import Box, ImageError, ImageSource, decode
@@ -269,7 +275,7 @@ class Collection:
         """Loaded on first use (searching by id needs none); checked against the manifest."""
         if self._encoder is None:
             recorded = self.manifest["encoder"]
-            enc = create_encoder(recorded["name"])
+            enc = cached_encoder(recorded) or create_encoder(recorded["name"])
             if enc.fingerprint != recorded["weights_sha256"]:
                 raise LookalikeError(
                     f"{self.path}: the weights of {recorded['name']!r} differ from those the "

@@ -1,7 +1,13 @@
 """Pretrained backbones behind one registry, and `Encoder.encode()`."""
 
 from lookalike.encoders import builtin as _builtin  # noqa: F401  (registers the encoders)
-from lookalike.encoders.encoder import EncodedBatch, EncodeInput, Encoder, create_encoder
+from lookalike.encoders.encoder import (
+    EncodedBatch,
+    EncodeInput,
+    Encoder,
+    cached_encoder,
+    create_encoder,
+)
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.encoders.registry import (
     DEFAULT_ENCODER,
@@ -18,6 +24,7 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "Preprocess",
+    "cached_encoder",
     "create_encoder",
     "get_spec",
     "list_encoders",

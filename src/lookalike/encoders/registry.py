@@ -10,11 +10,13 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lookalike.encoders.preprocess import Preprocess
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: The encoder used when none is named.
 DEFAULT_ENCODER = "efficientnet_lite0"

@@ -12,13 +12,14 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
-import torch
-from torch import nn
 
 from lookalike.atomic import current_umask
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _EXPORT_VERSION = 3  # bump when the exported graph changes for the same weights
 
@@ -47,16 +48,20 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, module: nn.Module, device: str) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self.run(pixels)[0]
 
-    @torch.inference_mode()
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        import torch
+
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(self.device.type,
+                                                    enabled=self.device.type == "cuda"):
             out = self.module(batch)
         outputs = out if isinstance(out, tuple) else (out,)
         return [o.float().cpu().numpy() for o in outputs]
@@ -107,8 +112,10 @@ def freeze_same_padding(module: nn.Module, size: int) -> nn.Module:
     The dynamic version exports as shape arithmetic that ONNX Runtime cannot fold (about
     30 % slower for EfficientNet-Lite on CPU); a constant pad fuses into the convolution.
     """
+    import torch
     from timm.layers import Conv2dSame
     from timm.layers.padding import get_same_padding
+    from torch import nn
 
     shapes: dict[str, tuple[int, int]] = {}
     hooks = [
@@ -140,6 +147,8 @@ def export_onnx(module: nn.Module, size: int, path: Path,
     """Export `module` (batch dimension dynamic) to `path` unless it is already there."""
     if path.is_file():
         return path
+    import torch
+
     module = freeze_same_padding(copy.deepcopy(module).cpu().eval(), size)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)

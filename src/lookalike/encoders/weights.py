@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class WeightsError(LookalikeError):
@@ -37,6 +39,8 @@ def shipped_file(module: str, pattern: str, pip_name: str, no_deps: bool = False
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors, unwrapped from the usual `state_dict`/`model` containers."""
+    import torch
+
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
