@@ -54,13 +54,17 @@ def flipped_catalog_vector(coll: Path, root: Path) -> str:
     return "vectors"
 
 
+def _index_vectors(coll: Path) -> Path:
+    return next((coll / "index").glob("seg-*/vectors.npy"))
+
+
 def flipped_index_vector(coll: Path, root: Path) -> str:
-    _flip(coll / "index" / "vectors.npy", _first_vector(coll))
+    _flip(_index_vectors(coll), _first_vector(coll))
     return "index"
 
 
 def deleted_index_file(coll: Path, root: Path) -> str:
-    (coll / "index" / "vectors.npy").unlink()
+    _index_vectors(coll).unlink()
     return "index"
 
 

@@ -41,7 +41,42 @@ CREATE TABLE IF NOT EXISTS vectors (
     crc32 INTEGER                            -- of `vector`; NULL in catalogs made before
 );
 CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
+-- Every removed vector id, in order: an index follows the catalog by applying the removals
+-- after its own point and adding the vectors after its last id, never by a full diff.
+CREATE TABLE IF NOT EXISTS removed_vectors (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    vid INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS vectors_removed AFTER DELETE ON vectors
+BEGIN INSERT INTO removed_vectors (vid) VALUES (old.vid); END;
 """
+
+
+@dataclass(frozen=True)
+class SyncPoint:
+    """How far a copy of the vectors (an index) has followed the catalog: the highest vector
+    id ever assigned when it was taken, and the last removal applied."""
+
+    last_vid: int = 0
+    removal_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed after a sync point: removed vector ids, new ids and their vectors, and
+    the point they bring a copy to."""
+
+    removed: np.ndarray
+    vids: np.ndarray
+    vectors: np.ndarray
+    point: SyncPoint
+
+
+@dataclass(frozen=True)
+class VectorOwner:
+    image_id: str
+    box: Box
+    is_region: bool  # a part of the image, not the whole of it
 
 
 class DamagedVectorsError(LookalikeError):
@@ -130,19 +165,78 @@ class Catalog:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All or nothing; bumps the generation that tells derived files they are stale."""
+    def transaction(self, *, bump: bool = True) -> Iterator[sqlite3.Connection]:
+        """All or nothing; bumps the generation that tells derived files they are stale
+        (`bump=False` for housekeeping that changes no image or vector)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-            self.db.execute(
-                "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
-                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-            )
+            if bump:
+                self.db.execute(
+                    "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                )
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads within see one committed state, whatever a writer commits meanwhile."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    def sync_point(self) -> SyncPoint:
+        """The point a copy of every current vector is at."""
+        seqs = dict(self.db.execute("SELECT name, seq FROM sqlite_sequence WHERE name IN "
+                                    "('vectors', 'removed_vectors')").fetchall())
+        return SyncPoint(int(seqs.get("vectors", 0)), int(seqs.get("removed_vectors", 0)))
+
+    def changes_since(self, point: SyncPoint, dim: int) -> Changes | None:
+        """The removals and new vectors after `point`, read in one snapshot; their cost
+        follows the change, not the catalog. None when the removal log no longer reaches
+        back that far (it was pruned): the copy must then be compared in full."""
+        with self.snapshot():
+            if point.removal_seq < int(self.get_meta("removals_pruned") or 0):
+                return None
+            end = self.sync_point()
+            removed = np.array([r[0] for r in self.db.execute(
+                "SELECT vid FROM removed_vectors WHERE seq > ? ORDER BY seq",
+                (point.removal_seq,))], np.int64)
+            rows = self.db.execute("SELECT vid, image_id, vector, crc32 FROM vectors "
+                                   "WHERE vid > ? ORDER BY vid", (point.last_vid,)).fetchall()
+        damaged = sorted({r[1] for r in rows if not vector_ok(r[2], r[3], dim)})
+        if damaged:
+            raise DamagedVectorsError(self.path, damaged)
+        vids = np.array([r[0] for r in rows], np.int64)
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(-1, dim)
+        return Changes(removed, vids, vectors, end)
+
+    def prune_removals(self, upto: int) -> None:
+        """Forget removals up to `upto`, which every saved copy has applied."""
+        with self.transaction(bump=False) as db:
+            db.execute("DELETE FROM removed_vectors WHERE seq <= ?", (upto,))
+            self.set_meta(db, "removals_pruned", str(upto))
+
+    def vector_owners(self, vids: np.ndarray) -> dict[int, VectorOwner]:
+        """The image and box of each vector id that still exists (a search's candidates:
+        looked up by primary key, so opening a collection builds no map of every vector)."""
+        owners: dict[int, VectorOwner] = {}
+        unique = np.unique(vids[vids >= 0]).tolist()
+        for start in range(0, len(unique), 10_000):
+            chunk = unique[start:start + 10_000]
+            rows = self.db.execute(
+                "SELECT v.vid, v.image_id, v.x0, v.y0, v.x1, v.y1, i.width, i.height "
+                f"FROM vectors v JOIN images i ON i.id = v.image_id WHERE v.vid IN "
+                f"({','.join('?' * len(chunk))})", chunk)
+            for vid, image_id, x0, y0, x1, y1, width, height in rows:
+                owners[vid] = VectorOwner(image_id, (x0, y0, x1, y1),
+                                          (x0, y0, x1, y1) != (0, 0, width, height))
+        return owners
 
     @property
     def generation(self) -> int:

@@ -28,7 +28,7 @@ from lookalike.collection import Collection
 from lookalike.encoders import Encoder
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
-from lookalike.index import IndexError_, load_index
+from lookalike.index import IndexError_, SegmentedIndex
 
 CATALOG = "catalog.sqlite"
 
@@ -158,7 +158,7 @@ def _index_findings(path: Path, manifest: dict[str, Any], catalog: Catalog) -> l
     if not folder.is_dir():
         return [Finding("index", f"{folder} is missing")]
     try:
-        index = load_index(folder)
+        index = SegmentedIndex.load(folder)
     except IndexError_ as exc:
         return [Finding("index", str(exc))]
     if index.spec != manifest["index"]:

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Literal
@@ -33,7 +33,14 @@ import numpy as np
 from lookalike import verification
 from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
-from lookalike.catalog import Catalog, DamagedVectorsError, ImageRecord, VectorRow
+from lookalike.catalog import (
+    Catalog,
+    DamagedVectorsError,
+    ImageRecord,
+    SyncPoint,
+    VectorOwner,
+    VectorRow,
+)
 from lookalike.distributed import BatchEncoder
 from lookalike.encoders import (
     DEFAULT_ENCODER,
@@ -45,13 +52,14 @@ from lookalike.encoders import (
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path, scan_folder, sha256_or_error
 from lookalike.images import Box, ImageError, ImageSource, decode
-from lookalike.index import IndexError_, VectorIndex, create_index, load_index
+from lookalike.index import IndexError_, SegmentedIndex, VectorIndex, create_index
 from lookalike.index.spec import Number
 from lookalike.lock import WriterLock
 from lookalike.regions import Regions, parse_regions
 from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
 
 FORMAT_VERSION = 1
+REMOVALS_KEPT = 100_000  # removed vector ids kept in the log for readers that are behind
 Metric = Literal["cosine", "dot", "l2"]
 VectorKind = Literal["all", "whole", "regions"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
@@ -109,6 +117,14 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2)
 
 
+def _saved_point(folder: Path) -> SyncPoint | None:
+    """The sync point a saved index records (None for one saved before sync points)."""
+    try:
+        return SyncPoint(**json.loads((folder / "segments.json").read_text())["sync"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_creatable(path: Path) -> None:
     """A collection can be made at `path`: it is a folder, or can become one."""
     if path.exists() and not path.is_dir():
@@ -161,8 +177,8 @@ class Collection:
         self._encoder = encoder
         self._index: VectorIndex | None = None
         self._index_at = -1  # the catalog generation `_index` reflects
-        self._vector_images: dict[int, tuple[str, Box]] = {}
-        self._is_region = np.zeros(0, bool)  # by vector id: a region, not a whole image
+        self._synced: SyncPoint | None = None  # how far `_index` has followed the catalog
+        self._per_image = 1  # vectors an image, rounded up
 
     # -- opening --------------------------------------------------------------------------
 
@@ -387,7 +403,6 @@ class Collection:
                     report.failed[image_id] = error.reason
             if after_batch is not None:
                 after_batch(number)
-        self._index = None
         self.save_index()
         return report
 
@@ -409,50 +424,70 @@ class Collection:
     # -- the index ------------------------------------------------------------------------
 
     def _load_index(self) -> VectorIndex:
-        """The saved index, brought up to date with the catalog; built when missing,
-        damaged or of another spec than the manifest's. Reloaded when another process
-        (an `index` run beside a server) has changed the catalog since."""
+        """The index, up to date with the catalog. Once loaded it follows the catalog's
+        changes (new vectors after its last id, removals after its point: an `index` run
+        beside a server costs the server what that run changed); the saved index is read
+        once, built when missing, damaged or of another spec than the manifest's."""
         generation = self.catalog.generation
         if self._index is not None and self._index_at == generation:
             return self._index
+        index = self._index
+        followed = (self._follow(index, self._synced)
+                    if index is not None and self._synced is not None else None)
+        if index is None or followed is None:
+            index, followed = self._open_index()
+        self._index, self._synced, self._index_at = index, followed, generation
+        images = max(1, self.catalog.count_ok_images())
+        self._per_image = max(1, -(-len(index) // images))  # rounded up
+        return index
+
+    def _open_index(self) -> tuple[VectorIndex, SyncPoint]:
         index: VectorIndex | None = None
         try:
-            index = load_index(self.path / "index")
+            index = SegmentedIndex.load(self.path / "index")
             if index.spec != self.manifest["index"]:
                 index = None
         except IndexError_:
             (self.path / "index.json").unlink(missing_ok=True)  # so it is saved anew
-        vids, image_ids, boxes = self.catalog.vector_map()
         if index is None:
-            index = self._build_index()
-        elif self._index_generation() != self.catalog.generation:
-            self._sync(index, vids)
-        self._vector_images = {int(v): (i, tuple(b)) for v, i, b in
-                               zip(vids, image_ids, boxes.tolist(), strict=True)}
-        sizes = {i: (0, 0, r.width, r.height) for i, r in self.catalog.images().items()}
-        self._is_region = np.zeros(int(vids.max(initial=-1)) + 2, bool)  # [-1]: no hit
-        self._is_region[[v for v, (i, b) in self._vector_images.items()
-                         if b != sizes.get(i)]] = True
-        self._index, self._index_at = index, generation
-        return index
+            return self._build_index()
+        saved = _saved_point(self.path / "index")
+        followed = self._follow(index, saved) if saved is not None else None
+        return (index, followed) if followed is not None else self._full_sync(index)
 
-    def _build_index(self) -> VectorIndex:
-        vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
-        index = create_index(self.manifest["index"], self.dim)
-        if len(vids):
-            index.add(vids, vectors)
-        return index
+    def _follow(self, index: VectorIndex, point: SyncPoint) -> SyncPoint | None:
+        """Apply the catalog's changes after `point`; None when its log no longer reaches
+        back that far."""
+        changes = self.catalog.changes_since(point, self.dim)
+        if changes is None:
+            return None
+        index.remove(changes.removed)
+        if len(changes.vids):
+            index.add(changes.vids, changes.vectors)
+        return changes.point
 
-    def _sync(self, index: VectorIndex, vids: np.ndarray) -> None:
-        """Add and remove only what changed since the index was saved: an HNSW graph or
-        IVF lists over millions of vectors are not rebuilt for a few new images."""
-        held = index.ids
-        index.remove(held[~np.isin(held, vids)])
-        new = ~np.isin(vids, held)
-        if new.any():
-            all_vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
-            pick = np.isin(all_vids, vids[new])
-            index.add(all_vids[pick], vectors[pick])
+    def _build_index(self) -> tuple[VectorIndex, SyncPoint]:
+        with self.catalog.snapshot():
+            point = self.catalog.sync_point()
+            vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
+        index = SegmentedIndex(self.manifest["index"], self.dim)
+        index.add(vids, vectors)
+        return index, point
+
+    def _full_sync(self, index: VectorIndex) -> tuple[VectorIndex, SyncPoint]:
+        """Compare a saved index with every vector id of the catalog: for an index saved
+        before sync points, or older than the catalog's removal log."""
+        with self.catalog.snapshot():
+            point = self.catalog.sync_point()
+            vids = self.catalog.vector_map()[0]
+            held = index.ids
+            index.remove(held[~np.isin(held, vids)])
+            new = ~np.isin(vids, held)
+            if new.any():
+                all_vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
+                pick = np.isin(all_vids, vids[new])
+                index.add(all_vids[pick], vectors[pick])
+        return index, point
 
     def _index_generation(self) -> int | None:
         """The catalog generation the saved index reflects, if there is a readable one."""
@@ -462,16 +497,23 @@ class Collection:
             return None
 
     def save_index(self) -> None:
-        """Persist the index for the current catalog generation (atomic); a no-op when the
-        saved one is current."""
+        """Persist the index for the current catalog generation (atomic, its sync point
+        inside it); a no-op when the saved one is current. The removal log keeps the last
+        `REMOVALS_KEPT` removals the saved index has applied, for readers that are behind
+        (one further behind reads the saved index again)."""
         generation = self.catalog.generation
         if self._index_generation() == generation and (self.path / "index").is_dir():
             return
         index = self._load_index()
-        index.save(self.path / "index")
+        assert self._synced is not None
+        point = self._synced
+        index.save(self.path / "index", meta={"sync": asdict(point)})
         _write_json_atomic(self.path / "index.json",
                            {"generation": generation, "spec": index.spec})
         (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
+        if point.removal_seq > 2 * REMOVALS_KEPT:
+            with self.writer:
+                self.catalog.prune_removals(point.removal_seq - REMOVALS_KEPT)
 
     @property
     def region_discount(self) -> float:
@@ -500,7 +542,7 @@ class Collection:
         with self.writer:
             self.save_manifest({**self.manifest, "index": spec})
             (self.path / "index.json").unlink(missing_ok=True)
-            self._index = None
+            self._index, self._synced = None, None
             self.save_index()
 
     def index_info(self) -> dict[str, Any]:
@@ -658,8 +700,7 @@ class Collection:
         results: list[list[Hit]] = [[] for _ in range(len(queries))]
         if len(index) == 0:
             return results
-        per_image = max(1, -(-len(index) // max(1, len(self))))  # vectors an image, rounded up
-        fetch = min(len(index), (wanted + 1) * per_image)
+        fetch = min(len(index), (wanted + 1) * self._per_image)
         rows = list(range(len(queries)))
         while True:
             try:
@@ -667,8 +708,9 @@ class Collection:
             except IndexError_ as exc:
                 raise LookalikeError(f"{self.path}: {exc}") from None
             deeper = []
+            owners = self.catalog.vector_owners(vids)
             for row, row_scores, row_vids in zip(rows, scores, vids, strict=True):
-                results[row] = self._hits(row_scores, row_vids, wanted,
+                results[row] = self._hits(row_scores, row_vids, owners, wanted,
                                           exclude[row] if exclude else set(), kind)
                 # An image's regions, or the vectors of the other kind, can crowd a full
                 # shortlist (one with -1s is all the index finds at these options).
@@ -679,27 +721,28 @@ class Collection:
                 return results
             fetch = min(len(index), fetch * 4)
 
-    def _hits(self, scores: np.ndarray, vids: np.ndarray, wanted: int, skip: set[str],
-              kind: VectorKind) -> list[Hit]:
+    def _hits(self, scores: np.ndarray, vids: np.ndarray, owners: Mapping[int, VectorOwner],
+              wanted: int, skip: set[str], kind: VectorKind) -> list[Hit]:
         """One query's shortlist of vectors -> its best images, a region's score lowered by
-        the region discount."""
-        keep = vids >= 0
-        if kind != "all":
-            keep &= self._is_region[vids] == (kind == "regions")
+        the region discount. A vector without an owner was removed since the index last
+        followed the catalog: it is passed over."""
+        keep = np.array([int(v) in owners and (kind == "all" or owners[int(v)].is_region
+                                                == (kind == "regions")) for v in vids], bool)
         scores, vids = scores[keep], vids[keep]
         if self.region_discount:
-            scores = scores - self.region_discount * self._is_region[vids]
+            regions = np.array([owners[int(v)].is_region for v in vids], bool)
+            scores = scores - self.region_discount * regions
         order = np.argsort(-scores, kind="stable")
         root = self.root or self.path
         hits: list[Hit] = []
         seen: set[str] = set()
         for score, vid in zip(scores[order], vids[order], strict=True):
-            image_id, box = self._vector_images[int(vid)]
-            if image_id in seen or image_id in skip:
+            owner = owners[int(vid)]
+            if owner.image_id in seen or owner.image_id in skip:
                 continue
-            seen.add(image_id)
-            hits.append(Hit(len(hits) + 1, image_id, str(image_path(root, image_id)),
-                            float(score), box))
+            seen.add(owner.image_id)
+            hits.append(Hit(len(hits) + 1, owner.image_id,
+                            str(image_path(root, owner.image_id)), float(score), owner.box))
             if len(hits) == wanted:
                 break
         return hits

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lookalike.index.base import INDEX_METRICS, IndexError_, IndexMetric, VectorIndex
 from lookalike.index.flat import FlatIndex
+from lookalike.index.segmented import SegmentedIndex
 from lookalike.index.spec import IndexSpec, parse_spec
 from lookalike.index.stored import StoredIndex
 
@@ -39,10 +40,14 @@ def create_index(spec: str | IndexSpec, dim: int, metric: IndexMetric = "cosine"
     return _family(parsed.family)(dim, metric, parsed)
 
 
-def load_index(path: str | Path, *, mmap: bool = True) -> VectorIndex:
+def load_index(path: str | Path, *, mmap: bool = True, segments: bool = True
+               ) -> VectorIndex:
     """Read an index folder written by `save`; the stored vectors are memory-mapped unless
-    `mmap=False`. A folder left half-swapped by a crash falls back to the previous one."""
+    `mmap=False`. A folder left half-swapped by a crash falls back to the previous one. A
+    folder of segments opens as a `SegmentedIndex` (unless `segments=False`: one segment)."""
     path = Path(path)
+    if segments and (path / "segments.json").exists():
+        return SegmentedIndex.load(path)
     if not path.exists() and path.with_name(f".{path.name}.old").exists():
         path = path.with_name(f".{path.name}.old")
     try:
@@ -55,4 +60,5 @@ def load_index(path: str | Path, *, mmap: bool = True) -> VectorIndex:
 
 
 __all__ = ["FAMILIES", "INDEX_METRICS", "FlatIndex", "IndexError_", "IndexMetric", "IndexSpec",
-           "StoredIndex", "VectorIndex", "create_index", "load_index", "parse_spec"]
+           "SegmentedIndex", "StoredIndex", "VectorIndex", "create_index", "load_index",
+           "parse_spec"]

@@ -154,11 +154,18 @@ class AutoIndex:
                ) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.search(queries, k, **params)
 
-    def save(self, path: Path) -> None:
-        self.inner.save(path, meta={"spec": self.spec, "tuning": self.tuning})
+    def save(self, path: Path, *, meta: dict[str, Any] | None = None) -> None:
+        self.inner.save(path, meta={**(meta or {}), "spec": self.spec, "tuning": self.tuning})
 
     def damage(self, folder: Path) -> str | None:
         return self.inner.damage(folder)
+
+    @property
+    def dead_ids(self) -> np.ndarray:
+        return self.inner.dead_ids
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.live()
 
     def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
         self.tuning = meta["tuning"]

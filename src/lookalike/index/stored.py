@@ -122,6 +122,16 @@ class StoredIndex:
     def __len__(self) -> int:
         return int(self._alive.sum())
 
+    @property
+    def dead_ids(self) -> np.ndarray:
+        """Ids removed but still among the rows (until the next compaction)."""
+        return self._ids[~self._alive]
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows' ids and (normalised) vectors, in row order: what a merge of
+        segments carries over."""
+        return self._ids[self._alive], self._vectors[self._alive]
+
     def describe(self) -> dict[str, Any]:
         """Size and memory, for reports: the structure stays in RAM, the stored vectors
         are memory-mapped once the index is loaded from disk."""

@@ -1,0 +1,111 @@
+"""An index follows its catalog by what changed: the vectors read follow the change, not
+the collection, for the writer and for a reader open beside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lookalike import Collection
+from lookalike.catalog import Catalog, Changes, SyncPoint
+
+
+class CountingCatalog(Catalog):
+    """A catalog that counts the vectors it hands out."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.vectors_read = 0
+        self.removals_read = 0
+        self.full_reads = 0
+
+    def changes_since(self, point: SyncPoint, dim: int) -> Changes | None:
+        changes = super().changes_since(point, dim)
+        if changes is not None:
+            self.vectors_read += len(changes.vids)
+            self.removals_read += len(changes.removed)
+        return changes
+
+    def all_vectors(self, dim: int):  # type: ignore[no-untyped-def]
+        self.full_reads += 1
+        return super().all_vectors(dim)
+
+
+def _open(path: Path, encoder) -> tuple[Collection, CountingCatalog]:  # type: ignore[no-untyped-def]
+    opened = Collection.open(path, encoder=encoder)
+    opened.close()
+    catalog = CountingCatalog(path / "catalog.sqlite")
+    return Collection(path, opened.manifest, encoder, catalog), catalog
+
+
+def test_sync_reads_only_what_changed(tmp_path: Path, photo_dir: Path, samples: list[Path],
+                                      encoder) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "coll"
+    with Collection.create(path, encoder=encoder) as made:
+        made.index_folder(photo_dir)
+    writer, written = _open(path, encoder)
+    reader, read = _open(path, encoder)
+    first = reader.search(like=samples[0].name, k=3)
+    assert len(first) == 3
+    assert (read.vectors_read, read.full_reads) == (0, 0)  # the saved index is current
+
+    shutil.copy(samples[7], photo_dir / "new.jpg")               # 1 added
+    (photo_dir / samples[1].name).unlink()                       # 1 removed
+    os.rename(photo_dir / samples[2].name, photo_dir / "moved.jpg")  # 1 renamed
+    report = writer.index_folder(photo_dir)
+    assert (len(report.added), len(report.removed), len(report.renamed)) == (1, 2, 1)
+    assert written.full_reads == 0
+    assert (written.vectors_read, written.removals_read) == (2, 2)  # new.jpg, moved.jpg
+
+    # The reader, open all along, follows the commit by the same change.
+    hits = reader.search(samples[7], k=6)
+    assert hits[0].id == "new.jpg" and {h.id for h in hits} == set(reader.ids())
+    assert samples[1].name not in {h.id for h in hits}
+    assert (read.vectors_read, read.removals_read, read.full_reads) == (2, 2, 0)
+
+    # A new reader reads the saved index and nothing from the catalog.
+    fresh, catalog = _open(path, encoder)
+    assert [h.id for h in fresh.search(samples[7], k=6)] == [h.id for h in hits]
+    assert (catalog.vectors_read, catalog.full_reads) == (0, 0)
+    for coll in (writer, reader, fresh):
+        coll.close()
+
+
+def test_an_index_saved_before_sync_points_is_brought_up_to_date(
+        tmp_path: Path, photo_dir: Path, samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    path = tmp_path / "coll"
+    with Collection.create(path, encoder=encoder) as made:
+        made.index_folder(photo_dir)
+    commit = json.loads((path / "index" / "segments.json").read_text())
+    del commit["sync"]  # as indexes were saved before
+    (path / "index" / "segments.json").write_text(json.dumps(commit))
+    shutil.copy(samples[7], photo_dir / "new.jpg")
+    with Collection.open(path, encoder=encoder) as coll:
+        coll.index_folder(photo_dir)
+        assert coll.search(samples[7], k=1)[0].id == "new.jpg"
+    assert "sync" in json.loads((path / "index" / "segments.json").read_text())
+
+
+def test_a_reader_behind_the_pruned_log_reads_the_saved_index(
+        tmp_path: Path, photo_dir: Path, samples: list[Path], encoder,  # type: ignore[no-untyped-def]
+        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lookalike.collection
+
+    monkeypatch.setattr(lookalike.collection, "REMOVALS_KEPT", 1)
+    path = tmp_path / "coll"
+    with Collection.create(path, encoder=encoder) as made:
+        made.index_folder(photo_dir)
+    reader, read = _open(path, encoder)
+    assert len(reader.search(like=samples[0].name, k=5)) == 5
+    for photo in samples[1:4]:
+        (photo_dir / photo.name).unlink()
+    with Collection.open(path, encoder=encoder) as writer:
+        writer.index_folder(photo_dir)
+        assert int(writer.catalog.get_meta("removals_pruned") or 0) > 0
+    found = {h.id for h in reader.search(like=samples[0].name, k=5)}
+    assert found == set(reader.ids()) - {samples[0].name} and len(found) == 2
+    assert read.vectors_read == 0  # it re-read the saved index instead
+    reader.close()
