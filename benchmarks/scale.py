@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one search thread, before numpy
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -156,13 +155,17 @@ def run_op(op: str, coll: Path, folder: Path, pool: Path, count: int) -> dict[st
         out["written_mb"] = (_io_written() - written) / 2**20
         out["rss_before_mb"] = rss
     c.close()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
+    out["peak_rss_mb"] = _status_mb("VmHWM")  # ru_maxrss would count the parent's, from
+    return out                                 # before exec
 
 
 def _rss_now() -> float:
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 

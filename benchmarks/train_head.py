@@ -30,6 +30,7 @@ from lookalike.datasets.builders import (
 )
 from lookalike.datasets.layout import stratified_pick
 from lookalike.encoders import Encoder
+from lookalike.encoders.model_folder import save_model
 from lookalike.metrics import Ranked, per_query
 from lookalike.train.head import (
     HeadConfig,
@@ -37,7 +38,6 @@ from lookalike.train.head import (
     plot_history,
     train_head,
 )
-from lookalike.train.model_folder import save_model
 from lookalike.trec import read_qrels, read_queries
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from lookalike import Collection, LookalikeError
-from lookalike.evaluation import evaluate_collection, leave_one_out, write_report
+from lookalike.evaluation import evaluate_collection, leave_one_out
+from lookalike.report import write_report
 from lookalike.trec import Query
 
 

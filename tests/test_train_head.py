@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from lookalike import create_encoder
+from lookalike.encoders.model_folder import save_model
 from lookalike.train.head import (
     HeadConfig,
     ProjectionHead,
@@ -16,7 +17,6 @@ from lookalike.train.head import (
     train_head,
     validation_metrics,
 )
-from lookalike.train.model_folder import save_model
 
 
 def _features(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray,

@@ -32,7 +32,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -40,7 +40,8 @@ from lookalike.atomic import atomic_write
 from lookalike.errors import LookalikeError
 
 if TYPE_CHECKING:
-    from lookalike.collection import Collection
+    from lookalike.encoders import EncodeInput
+    from lookalike.hits import Hit
     from lookalike.trec import Query
 
 GRADES = (1, 2, 3, 4, 5)
@@ -287,6 +288,14 @@ def reliability_figure(calibrator: Calibrator, features: np.ndarray, grades: np.
     return fig
 
 
+class Searchable(Protocol):
+    """What calibration searches: a `Collection` (passed in, not imported: the collection
+    applies the calibration this module fits)."""
+
+    def ids(self) -> list[str]: ...
+    def search_many(self, items: Sequence[EncodeInput], *, k: int = 10) -> list[list[Hit]]: ...
+
+
 @dataclass
 class CalibrationRun:
     """A calibrator fitted on one part of the queries and assessed on the rest."""
@@ -296,7 +305,7 @@ class CalibrationRun:
     test: tuple[np.ndarray, np.ndarray]  # features and grades of the held-out hits
 
 
-def calibrate_collection(collection: Collection, queries: Sequence[Query],
+def calibrate_collection(collection: Searchable, queries: Sequence[Query],
                          qrels: Mapping[str, Mapping[str, int]], *, model: Model = "ordinal",
                          depth: int = 50, unjudged: int = 0, fit_fraction: float = 0.5,
                          seed: int = 0) -> CalibrationRun:

@@ -144,6 +144,8 @@ class Catalog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            # Debian's SQLite zeroes every freed page: removing 1,000 images wrote 63 MB
+            self.db.execute("PRAGMA secure_delete=FAST")
             tables = {r[0] for r in self.db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not create and not {"meta", "images", "vectors"} <= tables:

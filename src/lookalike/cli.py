@@ -378,8 +378,9 @@ def evaluate_command(collection: Path, queries: Path | None, qrels: Path | None,
     """Search COLLECTION with every query and score the results against QRELS, or run a
     leave-one-out evaluation of a labelled folder."""
     from lookalike.collection import Collection
-    from lookalike.evaluation import evaluate_collection, leave_one_out, write_report
+    from lookalike.evaluation import evaluate_collection, leave_one_out
     from lookalike.metrics import DEFAULT_METRICS
+    from lookalike.report import write_report
     from lookalike.trec import read_qrels, read_queries
 
     names = list(metric_names) or DEFAULT_METRICS

@@ -14,19 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from lookalike.encoders import EncodedBatch, EncodeInput, Encoder, create_encoder
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.regions import Regions, parse_regions
-
-
-class BatchEncoder(Protocol):
-    """What `Collection.index_folder` embeds with: an `Encoder`, or a `RayEncoder`."""
-
-    def iter_batches(self, items: Sequence[EncodeInput], *, batch_size: int = 32,
-                     progress: bool = False, regions: Regions | None = None
-                     ) -> Iterator[EncodedBatch]: ...
 
 
 def _ray() -> Any:

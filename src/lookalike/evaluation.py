@@ -1,26 +1,23 @@
 """Run a collection over a query set and score it against graded judgements.
 
 `evaluate_collection` searches every query (whole images and crops) in one batch, scores the
-run with `lookalike.metrics`, and `write_report` leaves `run.txt`, `metrics.json` and
-`per_query.csv` in a folder for later comparison.
+run with `lookalike.metrics`; `lookalike.report.write_report` leaves `run.txt`,
+`metrics.json`, `per_query.csv` and a page in a folder for later comparison.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lookalike.calibration import CalibrationRun
 from lookalike.collection import Collection, Hit
 from lookalike.errors import LookalikeError
 from lookalike.images import Box
 from lookalike.metrics import DEFAULT_METRICS, Gain, evaluate, mean
-from lookalike.trec import Query, write_run
+from lookalike.trec import Query
 
 
 @dataclass(frozen=True)
@@ -79,28 +76,3 @@ def leave_one_out(collection: Collection, *, metrics: Sequence[str] = DEFAULT_ME
     root = collection.root or collection.path
     images: dict[str, tuple[Path, Box | None]] = {q: (root / q, None) for q in queries}
     return Evaluation(hits, per_query, mean(per_query), qrels, images)
-
-
-def write_report(result: Evaluation, folder: Path, *,
-                 calibration: CalibrationRun | None = None) -> None:
-    """`run.txt` (TREC), `metrics.json` (means), `per_query.csv`, and `report.html` with
-    plots when matplotlib is installed (`pip install lookalike[report]`); with a
-    `calibration`, its held-out figures go into `calibration.json` and the page."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_run(folder / "run.txt", result.hits)
-    queries = sorted({q for values in result.per_query.values() for q in values})
-    (folder / "metrics.json").write_text(
-        json.dumps({"queries": len(queries), "mean": result.mean}, indent=2) + "\n"
-    )
-    with (folder / "per_query.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["query", *result.per_query])
-        for qid in queries:
-            writer.writerow([qid, *(f"{v[qid]:.6f}" for v in result.per_query.values())])
-    if calibration is not None:
-        (folder / "calibration.json").write_text(json.dumps(calibration.report, indent=2))
-    try:
-        from lookalike.report import write_html_report
-    except ImportError:
-        return
-    write_html_report(result, folder / "report.html", calibration)

@@ -1,21 +1,21 @@
-"""`report.html`: one self-contained page that shows how a run did, for people.
+"""An evaluation's report: `run.txt`, `metrics.json`, `per_query.csv`, and `report.html`,
+one self-contained page that shows how a run did, for people.
 
 Means; Precision@k and Recall@k for k = 1..100; the distribution of per-query AP; the grades
-found at each of the first ten ranks; the best and worst queries with their results.
+found at each of the first ten ranks; the best and worst queries with their results. The
+page needs matplotlib (`pip install lookalike[report]`); the files do not.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from lookalike.atomic import atomic_write
@@ -23,13 +23,24 @@ from lookalike.calibration import CalibrationRun, reliability_figure
 from lookalike.evaluation import Evaluation
 from lookalike.images import decode, thumbnail_uri
 from lookalike.metrics import Metric, per_query, rank
+from lookalike.trec import write_run
 
 CURVE_DEPTH = 100
 SHOWN_QUERIES = 3
 SHOWN_HITS = 6
 
 
-def _figure_uri(fig: plt.Figure) -> str:
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure_uri(fig: Any) -> str:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -37,6 +48,7 @@ def _figure_uri(fig: plt.Figure) -> str:
 
 
 def _plots(result: Evaluation) -> list[tuple[str, str]]:
+    plt = _pyplot()
     run = {q: {h.id: h.score for h in hits} for q, hits in result.hits.items()}
     ranked = rank(run, result.qrels)
     ks = np.arange(1, CURVE_DEPTH + 1)
@@ -121,3 +133,28 @@ margin:auto;min-width:64px;image-rendering:pixelated}}.q{{background:#eef;paddin
 """
     with atomic_write(path) as fh:
         fh.write(page)
+
+
+def write_report(result: Evaluation, folder: Path, *,
+                 calibration: CalibrationRun | None = None) -> None:
+    """`run.txt` (TREC), `metrics.json` (means), `per_query.csv`, and `report.html` with
+    plots when matplotlib is installed (`pip install lookalike[report]`); with a
+    `calibration`, its held-out figures go into `calibration.json` and the page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_run(folder / "run.txt", result.hits)
+    queries = sorted({q for values in result.per_query.values() for q in values})
+    (folder / "metrics.json").write_text(
+        json.dumps({"queries": len(queries), "mean": result.mean}, indent=2) + "\n"
+    )
+    with (folder / "per_query.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["query", *result.per_query])
+        for qid in queries:
+            writer.writerow([qid, *(f"{v[qid]:.6f}" for v in result.per_query.values())])
+    if calibration is not None:
+        (folder / "calibration.json").write_text(json.dumps(calibration.report, indent=2))
+    try:
+        import matplotlib  # noqa: F401  (the page's plots)
+    except ImportError:
+        return
+    write_html_report(result, folder / "report.html", calibration)

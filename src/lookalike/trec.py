@@ -13,7 +13,7 @@ from lookalike.errors import LookalikeError
 from lookalike.images import Box, validate_box
 
 if TYPE_CHECKING:  # collection imports PyTorch; reading files should not
-    from lookalike.collection import Hit
+    from lookalike.hits import Hit
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from lookalike.encoders import builtin as _builtin  # noqa: F401  (registers the encoders)
 from lookalike.encoders.encoder import (
+    BatchEncoder,
     EncodedBatch,
     EncodeInput,
     Encoder,
@@ -19,6 +20,7 @@ from lookalike.encoders.registry import (
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "BatchEncoder",
     "EncodeInput",
     "EncodedBatch",
     "Encoder",

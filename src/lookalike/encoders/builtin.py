@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lookalike.encoders.preprocess import Preprocess
-from lookalike.encoders.registry import EncoderSpec, register_encoder
+from lookalike.encoders.registry import register_encoder
+from lookalike.encoders.spec import EncoderSpec
 from lookalike.encoders.weights import shipped_file
 
 if TYPE_CHECKING:

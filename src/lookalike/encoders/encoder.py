@@ -16,14 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from lookalike.encoders.preprocess import Preprocess
-from lookalike.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
+from lookalike.encoders.registry import DEFAULT_ENCODER, get_spec
 from lookalike.encoders.runtime import (
     Backend,
     OnnxBackend,
@@ -32,6 +32,7 @@ from lookalike.encoders.runtime import (
     export_onnx,
     onnx_path,
 )
+from lookalike.encoders.spec import EncoderSpec
 from lookalike.encoders.weights import fingerprint
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.images import Box, DecodedImage, ImageSource, decode
@@ -70,6 +71,15 @@ class Prepared:
     boxes: list[Box]
     region_pixels: np.ndarray | None = None
     decoded: DecodedImage | None = None
+
+
+class BatchEncoder(Protocol):
+    """What `Collection.index_folder` embeds with: an `Encoder`, or another that embeds
+    elsewhere (`lookalike.distributed.RayEncoder`)."""
+
+    def iter_batches(self, items: Sequence[EncodeInput], *, batch_size: int = 32,
+                     progress: bool = False, regions: Regions | None = None
+                     ) -> Iterator[EncodedBatch]: ...
 
 
 class Encoder:
@@ -353,7 +363,7 @@ def resolve_spec(name: str) -> EncoderSpec:
     """A registry entry, or for a trained model folder its base entry with the fine-tuned
     weights and/or the head on top (so they run, and export to ONNX, as one network)."""
     folder = Path(name).expanduser()
-    from lookalike.train.model_folder import is_model_folder, load_model
+    from lookalike.encoders.model_folder import is_model_folder, load_model
 
     if not is_model_folder(folder):
         return get_spec(name)

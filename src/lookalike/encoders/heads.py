@@ -109,3 +109,25 @@ def _last_spatial_layer(net: nn.Module, size: int) -> str:
     if not produced:
         raise ValueError("the network has no spatial feature map to propose regions from")
     return produced[-1]
+
+
+class ProjectionHead(nn.Module):
+    """Two layers with a skip connection: starts close to the identity map of the backbone's
+    embedding (so epoch 0 is the frozen baseline) and learns a correction."""
+
+    def __init__(self, dim_in: int, dim_out: int | None = None, hidden: int = 1024) -> None:
+        super().__init__()
+        self.dim_in, self.dim_out, self.hidden = dim_in, dim_out or dim_in, hidden
+        last = nn.Linear(hidden, self.dim_out)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), last)
+        self.skip = nn.Linear(dim_in, self.dim_out, bias=False)
+        with torch.no_grad():
+            self.skip.weight.copy_(torch.eye(self.dim_out, dim_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.mlp(x)
+
+    def config(self) -> dict[str, int]:
+        return {"dim_in": self.dim_in, "dim_out": self.dim_out, "hidden": self.hidden}

@@ -7,36 +7,12 @@ from the hub when online, or from a file), or a folder holding a trained model.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from lookalike.encoders.preprocess import Preprocess
+from lookalike.encoders.spec import EncoderSpec
 from lookalike.errors import LookalikeError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 #: The encoder used when none is named.
 DEFAULT_ENCODER = "efficientnet_lite0"
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What a registry entry knows before anything is loaded.
-
-    `load(weights)` builds the architecture and loads weights (from `weights` when given,
-    else from the entry's own source) and returns a module mapping a `(B, 3, S, S)` batch
-    to `(B, dim)` embeddings, not yet normalised.
-    """
-
-    name: str
-    dim: int
-    preprocess: Preprocess
-    weights_source: str
-    description: str
-    load: Callable[[Path | None], nn.Module]
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}

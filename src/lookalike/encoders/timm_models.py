@@ -12,7 +12,7 @@ from torch import nn
 
 from lookalike.encoders.heads import PreLogits
 from lookalike.encoders.preprocess import Preprocess
-from lookalike.encoders.registry import EncoderSpec
+from lookalike.encoders.spec import EncoderSpec
 from lookalike.errors import LookalikeError
 
 

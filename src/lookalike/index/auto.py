@@ -92,7 +92,7 @@ def _with_option(point: dict[str, Any]) -> str:
 
 
 def _create(spec: str, dim: int, metric: IndexMetric) -> StoredIndex:
-    from lookalike.index import create_index
+    from lookalike.index.registry import create_index
 
     return create_index(spec, dim, metric)  # type: ignore[return-value]
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from lookalike.atomic import atomic_write
 from lookalike.index.base import IndexError_, IndexMetric, VectorIndex, check_k
+from lookalike.index.registry import create_index, load_single
 from lookalike.index.spec import IndexSpec
 
 MERGE_FACTOR = 4      # segments of one tier that are merged into one
@@ -58,16 +59,12 @@ class SegmentedIndex:
 
     def __init__(self, spec: str | IndexSpec, dim: int, metric: IndexMetric = "cosine"
                  ) -> None:
-        from lookalike.index import create_index
-
         probe = create_index(spec, dim, metric)  # validated and normalised
         self.dim, self.metric, self._spec = probe.dim, probe.metric, probe.spec
         self._segments: list[_Segment] = []
         self._serial = 0  # the last number given to a file of this folder
 
     def _new(self) -> VectorIndex:
-        from lookalike.index import create_index
-
         return create_index(self._spec, self.dim, self.metric)
 
     # -- the interface --------------------------------------------------------------------
@@ -201,17 +198,15 @@ class SegmentedIndex:
     def load(cls, path: Path) -> SegmentedIndex:
         """Open a segments folder (each segment's vectors memory-mapped), or a single
         index in the layout of before as one segment."""
-        from lookalike.index import load_index
-
         path = Path(path)
         commit_file = path / "segments.json"
         if not commit_file.exists():
-            return cls.from_index(load_index(path, segments=False))
+            return cls.from_index(load_single(path))
         try:
             commit = json.loads(commit_file.read_text())
             index = cls(commit["spec"], int(commit["dim"]), commit["metric"])
             index._serial = int(commit["serial"])
-            index._segments = [_Segment(load_index(path / name, segments=False), name)
+            index._segments = [_Segment(load_single(path / name), name)
                                for name in commit["segments"]]
             removed = np.load(path / commit["removed"])
         except (OSError, ValueError, KeyError, TypeError) as exc:

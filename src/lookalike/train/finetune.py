@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lookalike.encoders.heads import L2Normalized, PixelNormalize
-from lookalike.encoders.registry import EncoderSpec
+from lookalike.encoders.spec import EncoderSpec
 from lookalike.errors import LookalikeError
 from lookalike.train.head import _pk_batches, validation_metrics
 from lookalike.train.loop import LoopSettings, fit

@@ -6,7 +6,7 @@ thousand images takes seconds on a CPU. Batches are drawn P x K (P labels, K ite
 so that every anchor has positives for the supervised contrastive loss. Each epoch is
 scored on a validation split with `lookalike.metrics` (leave-one-out: every validation item
 queries the others, same label = relevant); the best epoch is kept (early stopping), saved
-as a model folder (`lookalike.train.model_folder`).
+as a model folder (`lookalike.encoders.model_folder`).
 """
 
 from __future__ import annotations
@@ -19,36 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from lookalike.atomic import atomic_write
+from lookalike.encoders.heads import ProjectionHead
 from lookalike.metrics import Ranked, per_query
 from lookalike.train.loop import LoopSettings, fit
 from lookalike.train.losses import InfoNCELoss, SupConLoss
 
 VALIDATION_DEPTH = 100
-
-
-class ProjectionHead(nn.Module):
-    """Two layers with a skip connection: starts close to the identity map of the backbone's
-    embedding (so epoch 0 is the frozen baseline) and learns a correction."""
-
-    def __init__(self, dim_in: int, dim_out: int | None = None, hidden: int = 1024) -> None:
-        super().__init__()
-        self.dim_in, self.dim_out, self.hidden = dim_in, dim_out or dim_in, hidden
-        last = nn.Linear(hidden, self.dim_out)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), last)
-        self.skip = nn.Linear(dim_in, self.dim_out, bias=False)
-        with torch.no_grad():
-            self.skip.weight.copy_(torch.eye(self.dim_out, dim_in))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.mlp(x)
-
-    def config(self) -> dict[str, int]:
-        return {"dim_in": self.dim_in, "dim_out": self.dim_out, "hidden": self.hidden}
 
 
 @dataclass

@@ -100,9 +100,9 @@ def train_model(paths: Sequence[Path], labels: np.ndarray, out: Path, *,
     """Hold `val_fraction` of the images out for validation, train, and write the model
     folder `out` with its loss/metric curve. A checkpoint is written to `out` after each
     epoch; `resume` continues from it, otherwise training starts afresh."""
+    from lookalike.encoders.model_folder import save_model
     from lookalike.train.finetune import finetune
     from lookalike.train.head import plot_history, train_head
-    from lookalike.train.model_folder import save_model
 
     val = validation_split(labels, val_fraction, np.random.default_rng(seed))
     if val.sum() < 2 or (~val).sum() < 2:

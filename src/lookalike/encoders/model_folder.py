@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from lookalike.atomic import atomic_write
+from lookalike.encoders.heads import ProjectionHead
 from lookalike.errors import LookalikeError
-from lookalike.train.head import ProjectionHead
 
 MODEL_FILE = "lookalike-model.json"
 
