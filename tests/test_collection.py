@@ -346,3 +346,17 @@ def test_verify_places_a_crop_of_sky_by_its_pixels(tmp_path: Path, encoder, sky)
     assert all(abs(a - b) <= 8 for a, b in zip(hits[0].box, box, strict=True))
     assert hits[0].to_dict()["pixel_error"] == round(hits[0].pixel_error, 2)
     assert [h.pixel_error for h in hits[1:]] == [None] * 4
+
+
+def test_a_search_within_some_images_finds_only_them(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                     encoder, samples) -> None:
+    with Collection.create(tmp_path / "coll", encoder=encoder, regions="grid:2") as coll:
+        coll.index_folder(photo_dir)
+        everything = [h.id for h in coll.search(samples[0], k=6)]
+        within = everything[2:5]
+        hits = coll.search(samples[0], k=6, within=within)
+        assert [h.id for h in hits] == within  # the same order, only those
+        assert [h.id for h in coll.search(like=everything[0], k=3, within=within)] == within
+        assert coll.search(samples[0], k=3, within=[]) == []
+        many = coll.search_many([samples[0], samples[1]], k=2, within=within)
+        assert all(h.id in within for hits in many for h in hits)

@@ -151,3 +151,23 @@ def test_kill_9_while_saving_and_merging_keeps_the_last_commit(tmp_path: Path) -
         queries = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
         assert index.search(queries, 5)[1].shape == (3, 5)
     assert last > 0
+
+
+@pytest.mark.parametrize("spec", list(FAMILIES))
+@pytest.mark.parametrize("share", [0.01, 0.5])
+def test_every_family_finds_only_allowed_ids(spec: str, share: float, data) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("scann") if spec == "scann" else None
+    ids, vectors, queries = data
+    allowed = np.random.default_rng(3).choice(ids, int(share * len(ids)), replace=False)
+    exact = create_index("flat", DIM)
+    exact.add(ids, vectors)
+    truth = exact.search(queries, 10, allowed=allowed)[1]
+    assert np.isin(truth, allowed).all()
+    index = _in_chunks(spec, ids, vectors, 6)
+    scores, found = index.search(queries, 10, allowed=allowed)
+    assert np.isin(found, allowed).all() and (found >= 0).all()
+    recall = np.mean([np.isin(f, t).mean() for f, t in zip(found, truth, strict=True)])
+    assert recall >= (1.0 if share < 0.05 else FAMILIES[spec])  # a small set: exact
+    few = index.search(queries[:2], 10, allowed=allowed[:3])[1]  # fewer than k: padded
+    assert sorted(few[0][:3].tolist()) == sorted(allowed[:3].tolist())
+    assert (few[:, 3:] == -1).all()

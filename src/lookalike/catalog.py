@@ -224,6 +224,17 @@ class Catalog:
             db.execute("DELETE FROM removed_vectors WHERE seq <= ?", (upto,))
             self.set_meta(db, "removals_pruned", str(upto))
 
+    def vector_ids(self, image_ids: Iterable[str]) -> np.ndarray:
+        """The vector ids of these images (a search filter: only they can be found)."""
+        wanted = sorted(set(image_ids))
+        found: list[int] = []
+        for start in range(0, len(wanted), 10_000):
+            chunk = wanted[start:start + 10_000]
+            found += [r[0] for r in self.db.execute(
+                f"SELECT vid FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))})",
+                chunk)]
+        return np.array(sorted(found), np.int64)
+
     def vector_owners(self, vids: np.ndarray) -> dict[int, VectorOwner]:
         """The image and box of each vector id that still exists (a search's candidates:
         looked up by primary key, so opening a collection builds no map of every vector)."""

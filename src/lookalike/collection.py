@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -110,22 +110,22 @@ def _check_creatable(path: Path) -> None:
                              f"write in {existing})")
 
 
-def _compare(on_disk: Mapping[str, Path], known: Mapping[str, ImageRecord]
-             ) -> tuple[list[tuple[str, Path, os.stat_result]],
+def _compare(on_disk: Mapping[str, str], known: Mapping[str, ImageRecord]
+             ) -> tuple[list[tuple[str, str, os.stat_result]],
                         list[tuple[str, os.stat_result, str]], int]:
     """The files new or changed since the catalog's record of them, those that cannot be
     read (with why), and how many are unchanged."""
-    changed: list[tuple[str, Path, os.stat_result]] = []
+    changed: list[tuple[str, str, os.stat_result]] = []
     unreadable: list[tuple[str, os.stat_result, str]] = []
     unchanged = 0
     for image_id, path in on_disk.items():
         error = None
         try:
-            stat = path.stat()
+            stat = os.stat(path)
         except OSError as exc:  # a broken link: the link's own stat tells when it changes
             error = f"cannot read: {exc.strerror}"
             try:
-                stat = path.lstat()
+                stat = os.lstat(path)
             except OSError:
                 continue  # gone since the scan
         old = known.get(image_id)
@@ -325,7 +325,7 @@ class Collection:
             self.save_manifest({**self.manifest, "root": str(root.resolve())})
 
         changed, unreadable, report.unchanged = _compare(on_disk, known)
-        todo: list[tuple[str, Path, os.stat_result, str]] = []
+        todo: list[tuple[str, str, os.stat_result, str]] = []
         with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib releases the GIL
             hashes = list(pool.map(sha256_or_error, [path for _, path, _ in changed]))
         for (image_id, path, stat), sha in zip(changed, hashes, strict=True):
@@ -545,11 +545,12 @@ class Collection:
                like: str | None = None, k: int = 10, metric: Metric = "cosine",
                options: Mapping[str, Number] | None = None,
                min_grade: float | None = None, query_regions: str = "none",
-               verify: int = 0) -> list[Hit]:
+               verify: int = 0, within: Iterable[str] | None = None) -> list[Hit]:
         """The `k` indexed images most similar to a query image, a crop box of it, or an
         indexed id (`like`, which is left out of its own results). `query_regions`
         (a regions spec) also searches with regions of the query image; `verify` re-ranks
-        that many top hits by verification (see `search_many`)."""
+        that many top hits by verification (see `search_many`); `within` (image ids) limits
+        what can be found to those images."""
         if like is not None and (image is not None or crop is not None):
             raise LookalikeError("give either a query image or an indexed id, not both")
         if like is None and image is None:
@@ -558,7 +559,7 @@ class Collection:
         if like is not None and query_regions == "none" and not verify and not self._two_sizes:
             return self.search_vectors(self.query_vector(like=like)[None, :], k=k,
                                        metric=metric, exclude=exclude, options=options,
-                                       min_grade=min_grade)[0]
+                                       min_grade=min_grade, within=within)[0]
         if like is not None:
             if self.catalog.image(like) is None:
                 raise LookalikeError(f"{like}: no such id in the collection")
@@ -567,13 +568,14 @@ class Collection:
         item: EncodeInput = (image, crop) if crop is not None else image
         return self._search_items([item], k=k, metric=metric, options=options,
                                   min_grade=min_grade, query_regions=query_regions,
-                                  verify=verify, exclude=exclude)[0]
+                                  verify=verify, exclude=exclude, within=within)[0]
 
     def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
                     metric: Metric = "cosine", progress: bool = False,
                     options: Mapping[str, Number] | None = None,
                     min_grade: float | None = None, query_regions: str = "none",
-                    verify: int = 0) -> list[list[Hit]]:
+                    verify: int = 0, within: Iterable[str] | None = None
+                    ) -> list[list[Hit]]:
         """Batch search: images or `(image, box)` crops, embedded in batches.
 
         With `query_regions` (`grid:2`, `proposals:4`...), each query's regions search too
@@ -582,24 +584,25 @@ class Collection:
         top hits are checked by verification (`lookalike.verification`): the images that
         contain the query, or a copy of it, move to the top, those whose keypoints match
         first, then those where the query's pixels match, each with the box where the query
-        lies; the rest keep their order.
+        lies; the rest keep their order. With `within` (image ids), only those images can
+        be found: a folder, a date range or tags chosen elsewhere.
         """
         return self._search_items(items, k=k, metric=metric, progress=progress,
                                   options=options, min_grade=min_grade,
-                                  query_regions=query_regions, verify=verify)
+                                  query_regions=query_regions, verify=verify, within=within)
 
     def _search_items(self, items: Sequence[EncodeInput], *, k: int, metric: Metric,
                       progress: bool = False, options: Mapping[str, Number] | None = None,
                       min_grade: float | None = None, query_regions: str = "none",
-                      verify: int = 0, exclude: Sequence[set[str]] | None = None
-                      ) -> list[list[Hit]]:
+                      verify: int = 0, exclude: Sequence[set[str]] | None = None,
+                      within: Iterable[str] | None = None) -> list[list[Hit]]:
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if verify < 0:
             raise LookalikeError(f"verify must be >= 0, got {verify}")
         wanted = max(self._wanted(k, min_grade), verify)
         rows = self._query_rows(items, parse_regions(query_regions), wanted, exclude, options,
-                                progress)
+                                progress, self._allowed(within))
         if verify:
             rows = [_verified(item, hits, verify) for item, hits in zip(items, rows, strict=True)]
         return [self._finish(hits, k, metric, min_grade) for hits in rows]
@@ -617,7 +620,7 @@ class Collection:
 
     def _query_rows(self, items: Sequence[EncodeInput], regions: Regions | None, wanted: int,
                     exclude: Sequence[set[str]] | None, options: Mapping[str, Number] | None,
-                    progress: bool) -> list[list[Hit]]:
+                    progress: bool, allowed: np.ndarray | None) -> list[list[Hit]]:
         """Each query's `wanted` best images. With query `regions`, the query's regions
         search too and an image keeps its best hit. When the collection's regions are at
         another size, the queries are embedded at both sizes, and each vector searches the
@@ -631,8 +634,8 @@ class Collection:
         for encoder, kind in passes:
             vectors, owners = _query_vectors(encoder, items, regions, progress)
             skip = [exclude[o] for o in owners] if exclude else None
-            for owner, hits in zip(owners, self._nearest(vectors, wanted, skip, options, kind),
-                                   strict=True):
+            found = self._nearest(vectors, wanted, skip, options, kind, allowed)
+            for owner, hits in zip(owners, found, strict=True):
                 merged[owner] += hits
         if len(passes) == 1 and regions is None:
             return merged
@@ -641,7 +644,8 @@ class Collection:
     def search_vectors(self, queries: np.ndarray, *, k: int = 10, metric: Metric = "cosine",
                        exclude: Sequence[set[str]] | None = None,
                        options: Mapping[str, Number] | None = None,
-                       min_grade: float | None = None) -> list[list[Hit]]:
+                       min_grade: float | None = None, within: Iterable[str] | None = None
+                       ) -> list[list[Hit]]:
         """Search with ready-made query vectors; results are one row per image, each scored
         by its best-matching vector, whose box it carries. `options` are the index's
         search options (`nprobe`, `ef`, `search_k`, `rerank`...). A calibrated collection
@@ -651,8 +655,12 @@ class Collection:
         wanted = self._wanted(k, min_grade)
         if metric not in METRICS:
             raise LookalikeError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        rows = self._nearest(queries, wanted, exclude, options)
+        rows = self._nearest(queries, wanted, exclude, options, allowed=self._allowed(within))
         return [self._finish(hits, k, metric, min_grade) for hits in rows]
+
+    def _allowed(self, within: Iterable[str] | None) -> np.ndarray | None:
+        """The vector ids a search may find (None: all)."""
+        return None if within is None else self.catalog.vector_ids(within)
 
     def _wanted(self, k: int, min_grade: float | None) -> int:
         """How many hits a query needs before grading: the calibration sees its depth."""
@@ -665,19 +673,21 @@ class Collection:
         return max(k, calibration.depth) if calibration else k
 
     def _nearest(self, queries: np.ndarray, wanted: int, exclude: Sequence[set[str]] | None,
-                 options: Mapping[str, Number] | None, kind: VectorKind = "all"
-                 ) -> list[list[Hit]]:
+                 options: Mapping[str, Number] | None, kind: VectorKind = "all",
+                 allowed: np.ndarray | None = None) -> list[list[Hit]]:
         """Per query, the `wanted` best images (cosine scores), each by its best vector
         among the `kind` of vectors (whole images, regions, or all)."""
         index = self._load_index()
         results: list[list[Hit]] = [[] for _ in range(len(queries))]
-        if len(index) == 0:
+        if len(index) == 0 or (allowed is not None and len(allowed) == 0):
             return results
-        fetch = min(len(index), (wanted + 1) * self._per_image)
+        size = len(index) if allowed is None else min(len(index), len(allowed))
+        fetch = min(size, (wanted + 1) * self._per_image)
         rows = list(range(len(queries)))
         while True:
             try:
-                scores, vids = index.search(queries[rows], fetch, **(options or {}))
+                scores, vids = index.search(queries[rows], fetch, allowed=allowed,
+                                            **dict(options or {}))
             except IndexError_ as exc:
                 raise LookalikeError(f"{self.path}: {exc}") from None
             deeper = []
@@ -690,9 +700,9 @@ class Collection:
                 if len(results[row]) < wanted and row_vids[-1] >= 0:
                     deeper.append(row)
             rows = deeper
-            if not rows or fetch == len(index):
+            if not rows or fetch == size:
                 return results
-            fetch = min(len(index), fetch * 4)
+            fetch = min(size, fetch * 4)
 
     def _hits(self, scores: np.ndarray, vids: np.ndarray, owners: Mapping[int, VectorOwner],
               wanted: int, skip: set[str], kind: VectorKind) -> list[Hit]:

@@ -40,7 +40,7 @@ class FolderScan:
     """The image files under a folder by id, and what was passed over: files of formats
     lookalike cannot read, and sub-folders it could not list (relative path -> why)."""
 
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # id -> path
     skipped: dict[str, str] = field(default_factory=dict)
     unreadable_folders: list[str] = field(default_factory=list)
 
@@ -52,8 +52,10 @@ class FolderScan:
 
 def scan_folder(root: Path) -> FolderScan:
     """Image files under `root`, recursively, in id order; hidden files and folders are
-    left out on purpose and not reported."""
+    left out on purpose and not reported. Plain strings, no `Path` a file: a million files
+    scan in seconds, not a minute."""
     scan = FolderScan()
+    top = os.fspath(root)
 
     def unreadable(error: OSError) -> None:
         folder = image_id(Path(error.filename).relative_to(root).as_posix())
@@ -63,31 +65,33 @@ def scan_folder(root: Path) -> FolderScan:
         scan.skipped[f"{folder}/"] = f"folder cannot be read: {error.strerror}"
 
     found = {}
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if folder == "." else f"{folder}/"
         for name in filenames:
             if name.startswith("."):
                 continue
-            suffix = Path(name).suffix.lower()
-            relative = image_id((Path(dirpath) / name).relative_to(root).as_posix())
+            suffix = os.path.splitext(name)[1].lower()
             if suffix in IMAGE_SUFFIXES:
-                found[relative] = Path(dirpath) / name
+                found[image_id(prefix + name)] = os.path.join(dirpath, name)
             elif suffix in UNSUPPORTED_SUFFIXES:
-                scan.skipped[relative] = f"unsupported format ({UNSUPPORTED_SUFFIXES[suffix]})"
+                scan.skipped[image_id(prefix + name)] = (
+                    f"unsupported format ({UNSUPPORTED_SUFFIXES[suffix]})")
     scan.files = dict(sorted(found.items()))
     return scan
 
 
 def scan_images(root: Path) -> dict[str, Path]:
     """Image files under `root`, recursively, keyed by their id."""
-    return scan_folder(root).files
+    return {i: Path(p) for i, p in scan_folder(root).files.items()}
 
 
-def sha256_or_error(path: Path) -> str | OSError:
+def sha256_or_error(path: str | Path) -> str | OSError:
     """The file's sha256, or why it could not be read."""
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     except OSError as exc:

@@ -65,7 +65,7 @@ def tune(ids: np.ndarray, vectors: np.ndarray, metric: IndexMetric, *, recall: f
         index.add(ids[base], vectors[base])
         scale = n / base.shape[0]  # memory grows with the full index
         for value in values:
-            params = {option: value} if option else {}
+            params: dict[str, Any] = {option: value} if option else {}
             start = time.perf_counter()
             _, found = index.search(queries, k, **params)
             ms = (time.perf_counter() - start) * 1000 / queries.shape[0]
@@ -150,9 +150,9 @@ class AutoIndex:
     def remove(self, ids: np.ndarray) -> None:
         self.inner.remove(ids)
 
-    def search(self, queries: np.ndarray, k: int, **params: Any
-               ) -> tuple[np.ndarray, np.ndarray]:
-        return self.inner.search(queries, k, **params)
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.search(queries, k, allowed=allowed, **params)
 
     def save(self, path: Path, *, meta: dict[str, Any] | None = None) -> None:
         self.inner.save(path, meta={**(meta or {}), "spec": self.spec, "tuning": self.tuning})

@@ -121,19 +121,21 @@ class SegmentedIndex:
                 segment.name = None
         self._segments = [s for s in self._segments if s.rows]
 
-    def search(self, queries: np.ndarray, k: int, **params: Any
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Every segment's top-k, merged; `allowed` (ids) restricts what can be found."""
         k = check_k(k)
         total = len(self)
         if total == 0:
             raise IndexError_("the index is empty")
-        if k > total:
+        if k > total and allowed is None:
             raise IndexError_(f"k={k} is more than the {total} vectors in the index")
         scores, ids = [], []
         for segment in self._segments:
             size = len(segment.index)
             if size:
-                s, i = segment.index.search(queries, min(k, size), **params)
+                s, i = segment.index.search(queries, k if allowed is not None else min(k, size),
+                                            allowed=allowed, **params)
                 scores.append(s)
                 ids.append(i)
         all_scores, all_ids = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)

@@ -45,6 +45,10 @@ from lookalike.index.spec import IndexSpec, Number
 
 REBUILD_FRACTION = 0.25
 FORMAT_VERSION = 1
+# An allowed set this small (rows, or share of the live rows) is searched exactly: filtering
+# a structure's candidates would need most of the structure to find k of them.
+EXACT_ALLOWED = 10_000
+EXACT_FRACTION = 0.05
 _QUERY_CHUNK_ELEMENTS = 1 << 24  # query rows x stored rows scored at once (64 MB)
 
 
@@ -157,13 +161,17 @@ class StoredIndex:
         self._alive &= ~np.isin(self._ids, np.asarray(ids, np.int64).reshape(-1))
         self._maintain()
 
-    def search(self, queries: np.ndarray, k: int, **params: Any
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best rows for each query, best first, as `(scores, ids)`. With `allowed`
+        (ids), only those can be found: a small set is searched exactly, a large one through
+        the structure, its other rows filtered out like tombstones; fewer than `k` found are
+        padded with -1."""
         queries = check_vectors(queries, self.dim, "queries")
         k = check_k(k)
         if len(self) == 0:
             raise IndexError_("the index is empty")
-        if k > len(self):
+        if k > len(self) and allowed is None:
             raise IndexError_(f"k={k} is more than the {len(self)} vectors in the index")
         unknown = set(params) - set(self.search_options)
         if unknown:
@@ -173,23 +181,42 @@ class StoredIndex:
         settings = {**self.settings, **{n: v for n, v in params.items() if v is not None}}
         if self.metric == "cosine":
             queries = normalise(queries)
+        usable = self._alive
+        if allowed is not None:
+            usable = self._alive & np.isin(self._ids, np.asarray(allowed, np.int64))
+            if int(usable.sum()) <= max(k, EXACT_ALLOWED, EXACT_FRACTION * len(self)):
+                return self._search_rows(queries, np.flatnonzero(usable), k)
         chunk = max(1, min(1024, _QUERY_CHUNK_ELEMENTS // max(1, self._vectors.shape[0]
                                                               - self._built)))
-        parts = [self._search_chunk(queries[i:i + chunk], k, settings)
+        parts = [self._search_chunk(queries[i:i + chunk], k, settings, usable)
                  for i in range(0, queries.shape[0], chunk)]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
-    def _search_chunk(self, queries: np.ndarray, k: int, settings: dict[str, Number]
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        rows, scores = self._exact_pending(queries, k)
+    def _search_rows(self, queries: np.ndarray, rows: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the given rows, -1 padded."""
+        scores = self._score_rows(queries, np.broadcast_to(rows, (len(queries), len(rows))))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, order, axis=1)
+        ids = self._ids[rows][order]
+        if top.shape[1] < k:
+            pad = ((0, 0), (0, k - top.shape[1]))
+            top = np.pad(top, pad, constant_values=-np.inf)
+            ids = np.pad(ids, pad, constant_values=-1)
+        return top.astype(np.float32), ids.astype(np.int64)
+
+    def _search_chunk(self, queries: np.ndarray, k: int, settings: dict[str, Number],
+                      usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among the `usable` rows (live, and allowed when a filter is given)."""
+        rows, scores = self._exact_pending(queries, k, usable)
         if self._built:
-            live_built = int(self._alive[:self._built].sum())
+            live_built = int(usable[:self._built].sum())
             fetch = min(self._built, self._shortlist(k, settings))
             fetch = min(self._built, int(fetch * self._built / max(1, live_built)) + 1)
             while True:
                 found = self._candidates(queries, fetch, settings)
                 valid = found >= 0
-                valid[valid] = self._alive[found[valid]]
+                valid[valid] = usable[found[valid]]
                 short = valid.sum(axis=1) < min(k, live_built)
                 full = (found >= 0).sum(axis=1) == fetch  # short of structure, not of fetch
                 if not (short & full).any() or fetch >= self._built:
@@ -209,9 +236,10 @@ class StoredIndex:
             out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
         return top_scores.astype(np.float32), out_ids.astype(np.int64)
 
-    def _exact_pending(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among the live rows outside the structure (all rows for flat)."""
-        live = self._alive[self._built:]
+    def _exact_pending(self, queries: np.ndarray, k: int, usable: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the usable rows outside the structure (all rows for flat)."""
+        live = usable[self._built:]
         take = min(k, int(live.sum()))
         if take == 0:
             return (np.empty((queries.shape[0], 0), np.int64),
