@@ -164,7 +164,7 @@ def test_every_family_finds_only_allowed_ids(spec: str, share: float, data) -> N
     truth = exact.search(queries, 10, allowed=allowed)[1]
     assert np.isin(truth, allowed).all()
     index = _in_chunks(spec, ids, vectors, 6)
-    scores, found = index.search(queries, 10, allowed=allowed)
+    _, found = index.search(queries, 10, allowed=allowed)
     assert np.isin(found, allowed).all() and (found >= 0).all()
     recall = np.mean([np.isin(f, t).mean() for f, t in zip(found, truth, strict=True)])
     assert recall >= (1.0 if share < 0.05 else FAMILIES[spec])  # a small set: exact
