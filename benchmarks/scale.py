@@ -32,6 +32,7 @@ import numpy as np
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "samples"
 POOL = 400  # real vectors the collection's vectors are drawn from
+BUILD_RUN = 100_000  # images an indexing run adds while a collection is built
 
 
 def _pool_file(work: Path) -> Path:
@@ -89,15 +90,23 @@ def write_images(folder: Path, first: int, count: int) -> None:
 
 
 def build(coll: Path, folder: Path, n: int, spec: str, pool: Path) -> float:
+    """Index the folder in runs of at most `BUILD_RUN` new images, as a library grows (and
+    so that no run holds more than that many vectors in memory at once)."""
     from lookalike import Collection, create_encoder
 
-    if not folder.exists():
-        write_images(folder, 0, n)
-    start = time.perf_counter()
+    fresh = not folder.exists()
+    seconds = 0.0
     with Collection.create(coll, encoder=create_encoder("efficientnet_lite0"),
                            index=spec) as made:
-        made.index_folder(folder, batch_size=2000, embed_with=PoolEncoder(np.load(pool)))
-    return time.perf_counter() - start
+        for first in range(0, n, BUILD_RUN):
+            if fresh:
+                write_images(folder, first, min(BUILD_RUN, n - first))
+            start = time.perf_counter()
+            made.index_folder(folder, batch_size=2000, embed_with=PoolEncoder(np.load(pool)))
+            seconds += time.perf_counter() - start
+            if not fresh:
+                break
+    return seconds
 
 
 # -- one operation, in its own process ---------------------------------------------------
