@@ -171,3 +171,17 @@ def test_every_family_finds_only_allowed_ids(spec: str, share: float, data) -> N
     few = index.search(queries[:2], 10, allowed=allowed[:3])[1]  # fewer than k: padded
     assert sorted(few[0][:3].tolist()) == sorted(allowed[:3].tolist())
     assert (few[:, 3:] == -1).all()
+
+
+def test_merges_stop_at_the_largest_segment(data, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import lookalike.index.segmented as segmented
+
+    ids, vectors, queries = data
+    # 16 adds of 375 rows: four merges into segments of 1,500, then one merge of those four
+    assert _in_chunks("flat", ids, vectors, 16).describe()["segments"] == 1
+    monkeypatch.setattr(segmented, "MAX_MERGED", 2000)
+    index = _in_chunks("flat", ids, vectors, 16)
+    assert index.describe()["segments"] == 4  # 4 x 1,500 would pass the cap
+    exact = create_index("flat", DIM)
+    exact.add(ids, vectors)
+    np.testing.assert_array_equal(index.search(queries, 10)[1], exact.search(queries, 10)[1])

@@ -334,6 +334,26 @@ class Catalog:
         boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
         return vids, vectors, [r[1] for r in rows], boxes
 
+    def vector_chunks(self, dim: int, rows: int = 50_000
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every vector as (vids, vectors) chunks of `rows`, in vid order, each checked
+        against its checksum: building an index over a million vectors holds one chunk
+        of the catalog's bytes at a time, not all of them twice."""
+        last = 0
+        while True:
+            chunk = self.db.execute(
+                "SELECT vid, image_id, vector, crc32 FROM vectors WHERE vid > ? ORDER BY vid "
+                "LIMIT ?", (last, rows)).fetchall()
+            if not chunk:
+                return
+            damaged = sorted({r[1] for r in chunk if not vector_ok(r[2], r[3], dim)})
+            if damaged:
+                raise DamagedVectorsError(self.path, damaged)
+            vids = np.array([r[0] for r in chunk], np.int64)
+            yield vids, np.frombuffer(b"".join(r[2] for r in chunk), np.float32
+                                      ).reshape(-1, dim)
+            last = int(vids[-1])
+
     def damaged_images(self, dim: int) -> list[str]:
         """The images any of whose stored vectors fail their checksum (a full read)."""
         rows = self.db.execute("SELECT image_id, vector, crc32 FROM vectors")

@@ -60,6 +60,7 @@ from lookalike.regions import Regions, parse_regions
 from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
 
 FORMAT_VERSION = 1
+BUILD_CHUNK = 250_000  # vectors read at a time when an index is built from the catalog
 REMOVALS_KEPT = 100_000  # removed vector ids kept in the log for readers that are behind
 Metric = Literal["cosine", "dot", "l2"]
 VectorKind = Literal["all", "whole", "regions"]
@@ -440,11 +441,11 @@ class Collection:
         return changes.point
 
     def _build_index(self) -> tuple[VectorIndex, SyncPoint]:
+        index = SegmentedIndex(self.manifest["index"], self.dim)
         with self.catalog.snapshot():
             point = self.catalog.sync_point()
-            vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
-        index = SegmentedIndex(self.manifest["index"], self.dim)
-        index.add(vids, vectors)
+            for vids, vectors in self.catalog.vector_chunks(self.dim, BUILD_CHUNK):
+                index.add(vids, vectors)  # a segment each, merged as they come
         return index, point
 
     def _full_sync(self, index: VectorIndex) -> tuple[VectorIndex, SyncPoint]:

@@ -5,7 +5,8 @@ Each segment is a complete index of the family (its rows, tombstones and structu
 `StoredIndex`). New rows go to a new segment; removals are tombstones in the segment that
 holds the row. Segments of about the same size are merged (size-tiered, like Lucene's
 default policy): when `MERGE_FACTOR` segments share a tier, their live rows become one new
-segment, so there are O(log N) segments and each row is rewritten O(log N) times.
+segment, so there are O(log N) segments and each row is rewritten O(log N) times. Merges
+stop at `MAX_MERGED` rows, so past a few million rows segments of that size accumulate.
 
 On disk, a folder:
 
@@ -40,6 +41,8 @@ from lookalike.index.spec import IndexSpec
 
 MERGE_FACTOR = 4      # segments of one tier that are merged into one
 TIER_BASE = 1024      # rows of the smallest tier: segments below this are merged freely
+MAX_MERGED = 500_000  # no merge makes a bigger segment (Lucene caps merges at 5 GB too):
+                      # a merge holds its segments' vectors in memory
 FORMAT_VERSION = 2
 
 
@@ -151,10 +154,12 @@ class SegmentedIndex:
             tiers: dict[int, list[_Segment]] = {}
             for segment in self._segments:
                 tiers.setdefault(_tier(len(segment.index)), []).append(segment)
-            full = [group for group in tiers.values() if len(group) >= MERGE_FACTOR]
+            full = [group[:MERGE_FACTOR] for group in tiers.values()
+                    if len(group) >= MERGE_FACTOR
+                    and sum(len(s.index) for s in group[:MERGE_FACTOR]) <= MAX_MERGED]
             if not full:
                 return
-            group = min(full, key=lambda g: _tier(len(g[0].index)))[:MERGE_FACTOR]
+            group = min(full, key=lambda g: _tier(len(g[0].index)))
             merged = self._new()
             ids, vectors = zip(*(s.index.live() for s in group), strict=True)
             merged.add(np.concatenate(ids), np.concatenate(vectors))

@@ -151,8 +151,10 @@ class StoredIndex:
             raise IndexError_("some ids are already in the index; remove them first")
         if self.metric == "cosine":
             vectors = normalise(vectors)
-        self._ids = np.concatenate([self._ids, ids])
-        self._vectors = np.concatenate([self._vectors, vectors])
+        first = self._ids.shape[0] == 0  # no copy of a big first batch (a merge, a build)
+        self._ids = ids.copy() if first else np.concatenate([self._ids, ids])
+        self._vectors = (np.ascontiguousarray(vectors, np.float32) if first
+                         else np.concatenate([self._vectors, vectors]))
         self._alive = np.concatenate([self._alive, np.ones(len(ids), bool)])
         self._maintain()
 
