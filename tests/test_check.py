@@ -156,3 +156,15 @@ def test_old_catalogs_without_checksums_still_open_and_check(tmp_path: Path, pho
     with Collection.open(coll, encoder=encoder) as opened:
         vector = opened.query_vector(like=opened.ids()[0])
         assert np.isfinite(vector).all() and opened.search(like=opened.ids()[0], k=2)
+
+
+def test_a_create_killed_before_its_manifest_can_start_again(tmp_path: Path, encoder  # type: ignore[no-untyped-def]
+                                                             ) -> None:
+    from lookalike.catalog import Catalog
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    Catalog(coll / "catalog.sqlite", create=True).close()  # killed right after this
+    with Collection.create(coll, encoder=encoder) as made:
+        assert made.ids() == []
+    assert (coll / "manifest.json").exists()

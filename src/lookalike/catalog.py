@@ -267,6 +267,9 @@ class Catalog:
         sql = "SELECT COUNT(*) FROM images WHERE status = 'ok'"
         return int(self.db.execute(sql).fetchone()[0])
 
+    def is_empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
+
     def count_vectors(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 

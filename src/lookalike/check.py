@@ -29,6 +29,7 @@ from lookalike.encoders import Encoder
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
 from lookalike.index import IndexError_, SegmentedIndex
+from lookalike.lock import WriterLock
 
 CATALOG = "catalog.sqlite"
 
@@ -85,6 +86,12 @@ def repair_collection(path: str | Path, *, encoder: Encoder | None = None,
     """Mend what `check_collection` finds; returns what was done, one line an action.
     `encoder` replaces loading the collection's own (tests pass theirs)."""
     path = Path(path)
+    with WriterLock(path, wait=wait) as lock:  # before anything is moved or rebuilt
+        return _repair(path, lock, encoder, progress)
+
+
+def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: bool
+            ) -> list[str]:
     actions: list[str] = []
     manifest = _read_manifest(path)
     catalog: Catalog | None
@@ -111,7 +118,8 @@ def repair_collection(path: str | Path, *, encoder: Encoder | None = None,
         actions.append("started a new catalog" + (f" (the damaged one is kept as "
                                                   f"{', '.join(kept)})" if kept else ""))
     coll = Collection(path, manifest, encoder, catalog)
-    with coll, coll.writing(wait=wait):
+    coll.writer = lock  # this process holds it already
+    with coll:
         coll.save_manifest(manifest)
         shutil.rmtree(path / "index", ignore_errors=True)  # derived: rebuilt below
         (path / "index.json").unlink(missing_ok=True)

@@ -53,7 +53,7 @@ from lookalike.errors import LookalikeError
 from lookalike.folder import image_path, scan_folder, sha256_or_error
 from lookalike.hits import Hit
 from lookalike.images import Box, ImageError, ImageSource, decode
-from lookalike.index import IndexError_, SegmentedIndex, VectorIndex, create_index
+from lookalike.index import IndexError_, SegmentedIndex, create_index
 from lookalike.index.spec import Number
 from lookalike.lock import WriterLock
 from lookalike.regions import Regions, parse_regions
@@ -91,12 +91,27 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2)
 
 
-def _saved_point(folder: Path) -> SyncPoint | None:
-    """The sync point a saved index records (None for one saved before sync points)."""
+def _saved_point(commit: Mapping[str, Any]) -> SyncPoint | None:
+    """The sync point a saved index's commit records (None before sync points)."""
     try:
-        return SyncPoint(**json.loads((folder / "segments.json").read_text())["sync"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return SyncPoint(**commit["sync"])
+    except (KeyError, TypeError):
         return None
+
+
+def _aborted_create(path: Path) -> bool:
+    """A catalog without a manifest copy or any image: a `create` killed before it wrote
+    the manifest, which may start again."""
+    if (path / "catalog.sqlite").stat().st_size == 0:
+        return True
+    try:
+        catalog = Catalog(path / "catalog.sqlite")
+    except LookalikeError:
+        return False
+    try:
+        return catalog.get_meta("manifest") is None and catalog.is_empty()
+    finally:
+        catalog.close()
 
 
 def _check_creatable(path: Path) -> None:
@@ -149,7 +164,7 @@ class Collection:
         self.catalog = catalog or Catalog(path / "catalog.sqlite")
         self.writer = WriterLock(path)
         self._encoder = encoder
-        self._index: VectorIndex | None = None
+        self._index: SegmentedIndex | None = None
         self._index_at = -1  # the catalog generation `_index` reflects
         self._synced: SyncPoint | None = None  # how far `_index` has followed the catalog
         self._per_image = 1  # vectors an image, rounded up
@@ -167,7 +182,7 @@ class Collection:
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
-        if (path / "catalog.sqlite").exists():
+        if (path / "catalog.sqlite").exists() and not _aborted_create(path):
             raise LookalikeError(
                 f"{path}: manifest.json is missing but the catalog is there; "
                 f"`lookalike check -c {path} --repair` restores it (a new manifest could "
@@ -397,7 +412,7 @@ class Collection:
 
     # -- the index ------------------------------------------------------------------------
 
-    def _load_index(self) -> VectorIndex:
+    def _load_index(self) -> SegmentedIndex:
         """The index, up to date with the catalog. Once loaded it follows the catalog's
         changes (new vectors after its last id, removals after its point: an `index` run
         beside a server costs the server what that run changed); the saved index is read
@@ -410,37 +425,38 @@ class Collection:
                     if index is not None and self._synced is not None else None)
         if index is None or followed is None:
             index, followed = self._open_index()
+            images = max(1, self.catalog.count_ok_images())  # on open, not each commit
+            self._per_image = max(1, -(-len(index) // images))  # rounded up
         self._index, self._synced, self._index_at = index, followed, generation
-        images = max(1, self.catalog.count_ok_images())
-        self._per_image = max(1, -(-len(index) // images))  # rounded up
         return index
 
-    def _open_index(self) -> tuple[VectorIndex, SyncPoint]:
-        index: VectorIndex | None = None
-        try:
-            index = SegmentedIndex.load(self.path / "index")
-            if index.spec != self.manifest["index"]:
-                index = None
-        except IndexError_:
-            (self.path / "index.json").unlink(missing_ok=True)  # so it is saved anew
-        if index is None:
+    def _open_index(self) -> tuple[SegmentedIndex, SyncPoint]:
+        index: SegmentedIndex | None = None
+        for attempt in range(2):  # a writer may drop old segments while they are read
+            try:
+                index = SegmentedIndex.load(self.path / "index")
+                break
+            except IndexError_:
+                if attempt and self.writer.held:
+                    (self.path / "index.json").unlink(missing_ok=True)  # saved anew
+        if index is None or index.spec != self.manifest["index"]:
             return self._build_index()
-        saved = _saved_point(self.path / "index")
+        saved = _saved_point(index.saved)  # from the commit that was read, not a later one
         followed = self._follow(index, saved) if saved is not None else None
         return (index, followed) if followed is not None else self._full_sync(index)
 
-    def _follow(self, index: VectorIndex, point: SyncPoint) -> SyncPoint | None:
+    def _follow(self, index: SegmentedIndex, point: SyncPoint) -> SyncPoint | None:
         """Apply the catalog's changes after `point`; None when its log no longer reaches
         back that far."""
         changes = self.catalog.changes_since(point, self.dim)
         if changes is None:
             return None
         index.remove(changes.removed)
-        if len(changes.vids):
-            index.add(changes.vids, changes.vectors)
+        if len(changes.vids):  # merging is the writer's job, when it saves
+            index.add(changes.vids, changes.vectors, merge=False)
         return changes.point
 
-    def _build_index(self) -> tuple[VectorIndex, SyncPoint]:
+    def _build_index(self) -> tuple[SegmentedIndex, SyncPoint]:
         index = SegmentedIndex(self.manifest["index"], self.dim)
         with self.catalog.snapshot():
             point = self.catalog.sync_point()
@@ -448,7 +464,7 @@ class Collection:
                 index.add(vids, vectors)  # a segment each, merged as they come
         return index, point
 
-    def _full_sync(self, index: VectorIndex) -> tuple[VectorIndex, SyncPoint]:
+    def _full_sync(self, index: SegmentedIndex) -> tuple[SegmentedIndex, SyncPoint]:
         """Compare a saved index with every vector id of the catalog: for an index saved
         before sync points, or older than the catalog's removal log."""
         with self.catalog.snapshot():
@@ -481,6 +497,7 @@ class Collection:
         index = self._load_index()
         assert self._synced is not None
         point = self._synced
+        index.merge()
         index.save(self.path / "index", meta={"sync": asdict(point)})
         _write_json_atomic(self.path / "index.json",
                            {"generation": generation, "spec": index.spec})

@@ -102,7 +102,12 @@ class Encoder:
     def module(self) -> nn.Module:
         """The PyTorch network, built on first use."""
         if self._module is None:
-            self._module = build_module(self.spec)
+            module = build_module(self.spec)
+            if fingerprint(module) != self.fingerprint:  # the weights changed since
+                raise LookalikeError(
+                    f"{self.name}: the installed weights differ from those this encoder's "
+                    "cached graph was made with; a new graph cannot be exported for it")
+            self._module = module
         return self._module
 
     @property

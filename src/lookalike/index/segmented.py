@@ -66,6 +66,7 @@ class SegmentedIndex:
         self.dim, self.metric, self._spec = probe.dim, probe.metric, probe.spec
         self._segments: list[_Segment] = []
         self._serial = 0  # the last number given to a file of this folder
+        self.saved: dict[str, Any] = {}  # the commit it was loaded from (its `meta` too)
 
     def _new(self) -> VectorIndex:
         return create_index(self._spec, self.dim, self.metric)
@@ -103,15 +104,17 @@ class SegmentedIndex:
             out["chosen"] = max(parts, key=lambda p: p["vectors"])["chosen"]
         return out
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, merge: bool = True) -> None:
         """A new segment for these rows (ids must be new: the catalog never reuses one),
-        then merges where a tier is full."""
+        then merges where a tier is full (`merge=False`: a reader following commits leaves
+        merging to the writer)."""
         if len(ids) == 0:
             return
         segment = self._new()
         segment.add(ids, vectors)
         self._segments.append(_Segment(segment, None))
-        self._merge()
+        if merge:
+            self.merge()
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, np.int64).reshape(-1)
@@ -148,7 +151,7 @@ class SegmentedIndex:
 
     # -- merging --------------------------------------------------------------------------
 
-    def _merge(self) -> None:
+    def merge(self) -> None:
         """Size-tiered: while some tier holds `MERGE_FACTOR` segments, those become one."""
         while True:
             tiers: dict[int, list[_Segment]] = {}
@@ -215,6 +218,7 @@ class SegmentedIndex:
             index._serial = int(commit["serial"])
             index._segments = [_Segment(load_single(path / name), name)
                                for name in commit["segments"]]
+            index.saved = commit
             removed = np.load(path / commit["removed"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexError_(f"{path}: not a readable index ({exc})") from None

@@ -196,8 +196,14 @@ class StoredIndex:
 
     def _search_rows(self, queries: np.ndarray, rows: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among the given rows, -1 padded."""
-        scores = self._score_rows(queries, np.broadcast_to(rows, (len(queries), len(rows))))
+        """Exact top-k among the given rows, -1 padded; queries a chunk at a time, so the
+        scores held stay under `_QUERY_CHUNK_ELEMENTS`."""
+        step = max(1, _QUERY_CHUNK_ELEMENTS // max(1, len(rows)))
+        if len(queries) > step:
+            parts = [self._search_rows(queries[i:i + step], rows, k)
+                     for i in range(0, len(queries), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        scores = self._score_matrix(queries, self._vectors[rows])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(scores, order, axis=1)
         ids = self._ids[rows][order]
