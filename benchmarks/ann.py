@@ -57,7 +57,7 @@ def collection_vectors(path: str, queries: int) -> tuple[np.ndarray, np.ndarray]
     from lookalike import Collection
 
     with Collection.open(path) as coll:
-        _, vectors, _, _ = coll.catalog.all_vectors(coll.dim)
+        _, vectors = coll.vectors()
     held = np.random.default_rng(0).permutation(len(vectors))
     return vectors[held[queries:]], vectors[held[:queries]]
 

@@ -15,6 +15,8 @@ from lookalike import Collection, LookalikeError
 from lookalike.catalog import DamagedVectorsError
 from lookalike.check import check_collection, repair_collection
 
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "samples"
+
 
 def _build(path: Path, root: Path, encoder) -> None:  # type: ignore[no-untyped-def]
     with Collection.create(path, encoder=encoder) as coll:
@@ -38,9 +40,22 @@ def _flip(path: Path, needle: bytes) -> None:
     path.write_bytes(bytes(data))
 
 
-def _first_vector(coll: Path) -> bytes:
+def _held_vector(coll: Path) -> bytes:
+    """The bytes of a vector the catalog still holds (not yet taken over by the index)."""
     with sqlite3.connect(coll / "catalog.sqlite") as db:
-        return bytes(db.execute("SELECT vector FROM vectors ORDER BY vid").fetchone()[0])
+        return bytes(db.execute("SELECT vector FROM vectors WHERE LENGTH(vector) > 0 "
+                                "ORDER BY vid").fetchone()[0])
+
+
+def _interrupted_index(coll: Path, root: Path, image: Path) -> None:
+    """Add `image` to the folder and index it, stopping after its batch is committed and
+    before the index is: the catalog then holds its vector."""
+    def stop(batch: int) -> None:
+        raise KeyboardInterrupt
+
+    shutil.copy(image, root / "added.jpg")
+    with Collection.open(coll) as opened, pytest.raises(KeyboardInterrupt):
+        opened.index_folder(root, after_batch=stop)
 
 
 def truncated_catalog(coll: Path, root: Path) -> str:
@@ -50,7 +65,8 @@ def truncated_catalog(coll: Path, root: Path) -> str:
 
 
 def flipped_catalog_vector(coll: Path, root: Path) -> str:
-    _flip(coll / "catalog.sqlite", _first_vector(coll))
+    _interrupted_index(coll, root, SAMPLES / "rocket.jpg")
+    _flip(coll / "catalog.sqlite", _held_vector(coll))
     return "vectors"
 
 
@@ -59,7 +75,8 @@ def _index_vectors(coll: Path) -> Path:
 
 
 def flipped_index_vector(coll: Path, root: Path) -> str:
-    _flip(_index_vectors(coll), _first_vector(coll))
+    vectors = _index_vectors(coll)
+    _flip(vectors, np.load(vectors)[0].tobytes())
     return "index"
 
 
@@ -103,9 +120,8 @@ def test_damaged_vectors_are_named_not_used(tmp_path: Path, photo_dir: Path, enc
                                             samples: list[Path]) -> None:
     coll = tmp_path / "coll"
     _build(coll, photo_dir, encoder)
-    _flip(coll / "catalog.sqlite", _first_vector(coll))
-    (coll / "index.json").unlink()  # the index must be built from the catalog
-    shutil.rmtree(coll / "index")
+    _interrupted_index(coll, photo_dir, samples[8])
+    _flip(coll / "catalog.sqlite", _held_vector(coll))
     with Collection.open(coll, encoder=encoder) as opened:
         damaged = opened.catalog.damaged_images(opened.dim)
         assert len(damaged) == 1

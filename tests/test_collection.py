@@ -202,7 +202,7 @@ def test_regions_at_a_lower_resolution_match_a_query_embedded_at_theirs(  # type
     assert coll.manifest["regions"] == "grid:3@128"
     coll.index_folder(root)
     assert coll.vector_count() == 4 * 14
-    whole, region = coll.catalog.vector_rows("collage1.jpg")[:2]
+    whole, region = coll.image_vectors("collage1.jpg")[:2]
     assert whole.box == (0, 0, 600, 600)
     collage = Image.open(root / "collage1.jpg").convert("RGB")
     small = encoder.at_size(128)
@@ -244,7 +244,7 @@ def test_proposals_follow_the_activations_and_find_a_small_detail(tmp_path: Path
     coll.index_folder(root)
     assert coll.vector_count() == 4 * 5
     for i, (x, y) in enumerate(spots):
-        boxes = [r.box for r in coll.catalog.vector_rows(f"canvas{i}.png")[1:]]
+        boxes = [r.box for r in coll.image_vectors(f"canvas{i}.png")[1:]]
         assert len(boxes) == 4
         inside = [max(0, min(b[2], x + 150) - max(b[0], x)) * max(0, min(b[3], y + 150)
                                                                  - max(b[1], y)) for b in boxes]

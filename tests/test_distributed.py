@@ -38,8 +38,7 @@ def test_ray_indexes_what_a_local_run_indexes(cluster: None, tmp_path: Path,
     assert distributed.failures() == local.failures()
     assert distributed.failures()["broken.jpg"].startswith("cannot decode")
     for image_id in local.ids():
-        mine, theirs = distributed.catalog.vector_rows(image_id), local.catalog.vector_rows(
-            image_id)
+        mine, theirs = distributed.image_vectors(image_id), local.image_vectors(image_id)
         assert [r.box for r in mine] == [r.box for r in theirs] and len(mine) == 14
         np.testing.assert_allclose(np.stack([r.vector for r in mine]),
                                    np.stack([r.vector for r in theirs]), atol=1e-5)

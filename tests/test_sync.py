@@ -3,6 +3,7 @@ the collection, for the writer and for a reader open beside it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -27,9 +28,9 @@ class CountingCatalog(Catalog):
             self.removals_read += len(changes.removed)
         return changes
 
-    def all_vectors(self, dim: int):  # type: ignore[no-untyped-def]
+    def held_vectors(self, dim: int):  # type: ignore[no-untyped-def]
         self.full_reads += 1
-        return super().all_vectors(dim)
+        return super().held_vectors(dim)
 
 
 def _open(path: Path, encoder) -> tuple[Collection, CountingCatalog]:  # type: ignore[no-untyped-def]
@@ -40,7 +41,17 @@ def _open(path: Path, encoder) -> tuple[Collection, CountingCatalog]:  # type: i
 
 
 def test_sync_reads_only_what_changed(tmp_path: Path, photo_dir: Path, samples: list[Path],
-                                      encoder) -> None:  # type: ignore[no-untyped-def]
+                                      encoder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lookalike.index.segmented as segmented
+
+    segments_read: list[str] = []
+
+    def load_single(folder: Path):  # type: ignore[no-untyped-def]
+        segments_read.append(Path(folder).name)
+        return real_load(folder)
+
+    real_load = segmented.load_single
+    monkeypatch.setattr(segmented, "load_single", load_single)
     path = tmp_path / "coll"
     with Collection.create(path, encoder=encoder) as made:
         made.index_folder(photo_dir)
@@ -50,6 +61,7 @@ def test_sync_reads_only_what_changed(tmp_path: Path, photo_dir: Path, samples: 
     assert len(first) == 3
     assert (read.vectors_read, read.full_reads) == (0, 0)  # the saved index is current
 
+    before = json.loads((path / "index" / "segments.json").read_text())["segments"]
     shutil.copy(samples[7], photo_dir / "new.jpg")               # 1 added
     (photo_dir / samples[1].name).unlink()                       # 1 removed
     os.rename(photo_dir / samples[2].name, photo_dir / "moved.jpg")  # 1 renamed
@@ -58,11 +70,18 @@ def test_sync_reads_only_what_changed(tmp_path: Path, photo_dir: Path, samples: 
     assert written.full_reads == 0
     assert (written.vectors_read, written.removals_read) == (2, 2)  # new.jpg, moved.jpg
 
-    # The reader, open all along, follows the commit by the same change.
+    # The catalog handed the new vectors over to the saved index: they are on disk once.
+    assert written.absorbed == written.sync_point().last_vid
+    assert written.db.execute("SELECT SUM(LENGTH(vector)) FROM vectors").fetchone()[0] == 0
+
+    # The reader, open all along, picks up the new commit: its new segment, nothing else.
+    segments_read.clear()
     hits = reader.search(samples[7], k=6)
     assert hits[0].id == "new.jpg" and {h.id for h in hits} == set(reader.ids())
     assert samples[1].name not in {h.id for h in hits}
-    assert (read.vectors_read, read.removals_read, read.full_reads) == (2, 2, 0)
+    now = json.loads((path / "index" / "segments.json").read_text())["segments"]
+    assert segments_read == [name for name in now if name not in before]
+    assert (read.vectors_read, read.full_reads) == (0, 0)
 
     # A new reader reads the saved index and nothing from the catalog.
     fresh, catalog = _open(path, encoder)
@@ -74,7 +93,6 @@ def test_sync_reads_only_what_changed(tmp_path: Path, photo_dir: Path, samples: 
 
 def test_an_index_saved_before_sync_points_is_brought_up_to_date(
         tmp_path: Path, photo_dir: Path, samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
-    import json
 
     path = tmp_path / "coll"
     with Collection.create(path, encoder=encoder) as made:

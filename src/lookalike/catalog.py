@@ -1,9 +1,13 @@
 """The collection's SQLite catalog: one row per image file, one row per vector.
 
-It is the source of truth (the index is derived from it) and every change is one
-transaction, so a crash at any moment leaves the last committed state. Each vector carries
-a CRC-32 of its bytes, so damage to the file is found (and named) instead of ranking with
-garbage.
+It records which images are indexed and which vectors (ids and boxes) each has, and every
+change is one transaction, so a crash at any moment leaves the last committed state.
+
+A vector's bytes are stored once, in the index's segments. The catalog holds them only
+from the moment an image is embedded until the index commits them (a write-ahead log):
+then `absorb` empties those blobs, up to the index's sync point. Each blob still held
+carries a CRC-32, so damage to the file is found (and named) instead of ranking with
+garbage; the index's segments have checksums of their own.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ CREATE TABLE IF NOT EXISTS vectors (
     vid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a deleted id never comes back
     image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
     x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    crc32 INTEGER                            -- of `vector`; NULL in catalogs made before
+    vector BLOB NOT NULL,                    -- empty once the index holds it (`absorb`)
+    crc32 INTEGER                            -- of `vector`; NULL when emptied, or made before
 );
 CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
 -- Every removed vector id, in order: an index follows the catalog by applying the removals
@@ -79,14 +83,29 @@ class VectorOwner:
     is_region: bool  # a part of the image, not the whole of it
 
 
+class MissingVectorsError(LookalikeError):
+    """Vectors that neither the catalog nor the index holds any more (the index was lost
+    after it took them over)."""
+
+    def __init__(self, path: Path, image_ids: list[str]) -> None:
+        super().__init__(f"{path}: the vectors of {len(image_ids)} image(s) are in no index "
+                         f"({_few(image_ids)}); `lookalike check -c {path.parent} --repair` "
+                         "re-embeds them")
+        self.image_ids = image_ids
+
+
+def _few(ids: list[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown
+                                     else "")
+
+
 class DamagedVectorsError(LookalikeError):
     """Vectors whose bytes no longer match their checksum, or that are not finite."""
 
     def __init__(self, path: Path, image_ids: list[str]) -> None:
-        shown = ", ".join(image_ids[:5]) + (f" and {len(image_ids) - 5} more"
-                                            if len(image_ids) > 5 else "")
         super().__init__(f"{path}: the stored vectors of {len(image_ids)} image(s) are "
-                         f"damaged ({shown}); `lookalike check --repair` re-embeds them")
+                         f"damaged ({_few(image_ids)}); `lookalike check --repair` "
+                         "re-embeds them")
         self.image_ids = image_ids
 
 
@@ -201,9 +220,11 @@ class Catalog:
     def changes_since(self, point: SyncPoint, dim: int) -> Changes | None:
         """The removals and new vectors after `point`, read in one snapshot; their cost
         follows the change, not the catalog. None when the removal log no longer reaches
-        back that far (it was pruned): the copy must then be compared in full."""
+        back that far (it was pruned), or when vectors after `point` are no longer in the
+        catalog (the index took them over): the copy must then read the index's commit."""
         with self.snapshot():
-            if point.removal_seq < int(self.get_meta("removals_pruned") or 0):
+            if (point.removal_seq < int(self.get_meta("removals_pruned") or 0)
+                    or point.last_vid < self.absorbed):
                 return None
             end = self.sync_point()
             removed = np.array([r[0] for r in self.db.execute(
@@ -217,6 +238,26 @@ class Catalog:
         vids = np.array([r[0] for r in rows], np.int64)
         vectors = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(-1, dim)
         return Changes(removed, vids, vectors, end)
+
+    @property
+    def absorbed(self) -> int:
+        """The last vector id whose bytes the index holds instead of the catalog."""
+        return int(self.get_meta("absorbed") or 0)
+
+    def absorb(self, upto: int) -> None:
+        """Empty the blobs of vectors up to `upto`, which a saved index commit holds: each
+        vector's bytes stay on disk once. Costs what arrived since the last call."""
+        start = self.absorbed
+        if upto <= start:
+            return
+        with self.transaction(bump=False) as db:
+            db.execute("UPDATE vectors SET vector = x'', crc32 = NULL "
+                       "WHERE vid > ? AND vid <= ?", (start, upto))
+            self.set_meta(db, "absorbed", str(upto))
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (after an upgrade emptied the blobs)."""
+        self.db.execute("VACUUM")
 
     def prune_removals(self, upto: int) -> None:
         """Forget removals up to `upto`, which every saved copy has applied."""
@@ -305,17 +346,11 @@ class Catalog:
     def remove_images(self, db: sqlite3.Connection, ids: Iterable[str]) -> None:
         db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
 
-    def vector_rows(self, image_id: str) -> list[VectorRow]:
-        """The image's vectors, checked against their checksums."""
-        rows = self.db.execute(
-            "SELECT image_id, x0, y0, x1, y1, vector, crc32 FROM vectors WHERE image_id = ? "
-            "ORDER BY vid", (image_id,)
-        ).fetchall()
-        dim = len(rows[0][5]) // 4 if rows else 0
-        if not all(vector_ok(r[5], r[6], dim) for r in rows):
-            raise DamagedVectorsError(self.path, [image_id])
-        return [VectorRow(r[0], (r[1], r[2], r[3], r[4]), np.frombuffer(r[5], np.float32))
-                for r in rows]
+    def vector_boxes(self, image_id: str) -> list[tuple[int, Box]]:
+        """The image's vector ids and boxes, the whole image first."""
+        rows = self.db.execute("SELECT vid, x0, y0, x1, y1 FROM vectors WHERE image_id = ? "
+                               "ORDER BY vid", (image_id,))
+        return [(r[0], (r[1], r[2], r[3], r[4])) for r in rows]
 
     def ok_image_with_hash(self, sha256: str) -> str | None:
         row = self.db.execute(
@@ -323,25 +358,12 @@ class Catalog:
         ).fetchone()
         return row[0] if row else None
 
-    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """(vids, vectors, image ids, boxes) of every vector, in vid order, each checked
-        against its checksum."""
-        rows = self.db.execute(
-            "SELECT vid, image_id, x0, y0, x1, y1, vector, crc32 FROM vectors ORDER BY vid"
-        ).fetchall()
-        damaged = sorted({r[1] for r in rows if not vector_ok(r[6], r[7], dim)})
-        if damaged:
-            raise DamagedVectorsError(self.path, damaged)
-        vids = np.array([r[0] for r in rows], np.int64)
-        vectors = np.frombuffer(b"".join(r[6] for r in rows), np.float32).reshape(-1, dim)
-        boxes = np.array([r[2:6] for r in rows], np.int64).reshape(-1, 4)
-        return vids, vectors, [r[1] for r in rows], boxes
-
     def vector_chunks(self, dim: int, rows: int = 50_000
                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every vector as (vids, vectors) chunks of `rows`, in vid order, each checked
         against its checksum: building an index over a million vectors holds one chunk
         of the catalog's bytes at a time, not all of them twice."""
+        self._check_holds_all()
         last = 0
         while True:
             chunk = self.db.execute(
@@ -357,9 +379,31 @@ class Catalog:
                                       ).reshape(-1, dim)
             last = int(vids[-1])
 
+    def _check_holds_all(self) -> None:
+        """Only a catalog that still holds every vector can rebuild an index alone."""
+        if self.absorbed:
+            missing = [r[0] for r in self.db.execute(
+                "SELECT DISTINCT image_id FROM vectors WHERE vid <= ? LIMIT 6",
+                (self.absorbed,))]
+            if missing:
+                raise MissingVectorsError(self.path, missing)
+
+    def held_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vids, vectors) of the vectors the catalog still holds (not yet absorbed), each
+        checked against its checksum."""
+        rows = self.db.execute("SELECT vid, image_id, vector, crc32 FROM vectors WHERE vid > ? "
+                               "ORDER BY vid", (self.absorbed,)).fetchall()
+        damaged = sorted({r[1] for r in rows if not vector_ok(r[2], r[3], dim)})
+        if damaged:
+            raise DamagedVectorsError(self.path, damaged)
+        vids = np.array([r[0] for r in rows], np.int64)
+        return vids, np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(-1, dim)
+
     def damaged_images(self, dim: int) -> list[str]:
-        """The images any of whose stored vectors fail their checksum (a full read)."""
-        rows = self.db.execute("SELECT image_id, vector, crc32 FROM vectors")
+        """The images any of whose vectors held here fail their checksum (a full read of
+        what is not absorbed yet)."""
+        rows = self.db.execute("SELECT image_id, vector, crc32 FROM vectors WHERE vid > ?",
+                               (self.absorbed,))
         return sorted({r[0] for r in rows if not vector_ok(r[1], r[2], dim)})
 
     def integrity_problems(self) -> list[str]:

@@ -2,20 +2,20 @@
 
 Like `git fsck`, each part is checked on its own and every finding names what it found:
 the manifest (present, readable, the same encoder as the catalog's copy of it), the catalog
-(SQLite's own check), each stored vector (its CRC-32), the index (readable, the manifest's
-spec, its vectors' checksum, the same vectors as the catalog) and the indexed files (still
-there, unchanged).
+(SQLite's own check), each vector the catalog still holds (its CRC-32), the index, where
+the vectors live (readable, the manifest's spec, each segment's checksum, the same vectors
+as the catalog) and the indexed files (still there, unchanged).
 
-Repair restores what can be restored and rebuilds what is derived: the manifest from the
-catalog's copy, a lost or damaged catalog by indexing the folder again (the damaged file is
-kept aside), damaged vectors by re-embedding their images, the index from the catalog. It
-then brings the collection in line with its folder, so the result equals a clean build.
+Repair restores what can be restored and re-embeds what cannot: the manifest from the
+catalog's copy; a lost or damaged catalog by indexing the folder again (the damaged file is
+kept aside); the index from every segment that is still whole and the vectors the catalog
+holds, dropping the images whose vectors survive nowhere (or fail their checksum) so that
+indexing the folder embeds them again. The result equals a clean build.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from lookalike.catalog import Catalog, DamagedVectorsError
-from lookalike.collection import Collection
+from lookalike.collection import BUILD_CHUNK, Collection
 from lookalike.encoders import Encoder
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
 from lookalike.index import IndexError_, SegmentedIndex
+from lookalike.index.segmented import salvage
 from lookalike.lock import WriterLock
 
 CATALOG = "catalog.sqlite"
@@ -121,23 +122,46 @@ def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: boo
     coll.writer = lock  # this process holds it already
     with coll:
         coll.save_manifest(manifest)
-        shutil.rmtree(path / "index", ignore_errors=True)  # derived: rebuilt below
-        (path / "index.json").unlink(missing_ok=True)
         damaged = catalog.damaged_images(coll.dim)
         if damaged:
             with catalog.transaction() as db:
                 catalog.remove_images(db, damaged)
             actions.append(f"dropped the damaged vectors of {len(damaged)} image(s)")
+        actions += _rebuild_index(coll)
         root = _root(manifest, catalog)
         if root is not None and root.is_dir():
             report = coll.index_folder(root, progress=progress)
             actions.append(f"indexed {root} again: {report.summary()}")
         else:
-            coll.save_index()
             actions.append(f"could not re-embed anything: the indexed folder {root} is gone; "
                            f"run `lookalike index FOLDER -c {path}`")
-        actions.append("rebuilt the index from the catalog")
     return actions
+
+
+def _rebuild_index(coll: Collection) -> list[str]:
+    """A new index from what survives: the vectors the catalog holds, and those of every
+    segment folder that is still readable and whole (commit or not). The images with a
+    vector found in neither are dropped from the catalog, for indexing to embed again."""
+    catalog, folder = coll.catalog, coll.path / "index"
+    index = SegmentedIndex(coll.manifest["index"], coll.dim)
+    vids = catalog.vector_map()[0]
+    held, vectors = catalog.held_vectors(coll.dim)
+    found = [held]
+    for start in range(0, len(held), BUILD_CHUNK):
+        index.add(held[start:start + BUILD_CHUNK], vectors[start:start + BUILD_CHUNK])
+    for ids, vectors in salvage(folder, vids[~np.isin(vids, held)]):
+        index.add(ids, vectors)
+        found.append(ids)
+    lost = vids[~np.isin(vids, np.concatenate(found))]
+    owners = sorted({o.image_id for o in catalog.vector_owners(lost).values()})
+    if owners:
+        index.remove(catalog.vector_ids(owners))  # their regions that did survive
+        with catalog.transaction() as db:
+            catalog.remove_images(db, owners)
+    coll.replace_index(index, catalog.sync_point())
+    return [f"rebuilt the index from {len(index)} surviving vectors"
+            + (f"; the vectors of {len(owners)} image(s) were lost, to be embedded again"
+               if owners else "")]
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | str:

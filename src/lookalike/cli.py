@@ -101,6 +101,9 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
         Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions,
                                   region_discount=region_discount)
     with coll, coll.writing(wait=wait):
+        upgraded = coll.upgrade()  # an older format, brought up to date in place
+        if upgraded:
+            click.echo(upgraded, err=True)
         if folder is not None:
             embed_with = None
             if ray_address is not None:
@@ -500,6 +503,19 @@ def check(collection: Path, repair: bool, wait: bool) -> None:
             click.echo(f"run `lookalike check -c {collection} --repair` to mend it", err=True)
         sys.exit(1)
     click.echo(f"{collection}: no problems found")
+
+
+@cli.command()
+@collection_option
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of stopping.")
+def upgrade(collection: Path, wait: bool) -> None:
+    """Bring COLLECTION, made by an older lookalike, to this version's format (in place;
+    `lookalike index` does it too). Older formats stay readable until then."""
+    from lookalike.collection import Collection
+
+    with Collection.open(collection) as coll, coll.writing(wait=wait):
+        click.echo(coll.upgrade() or f"{collection}: already in the current format "
+                                     f"({coll.format_version})")
 
 
 @cli.command()

@@ -4,8 +4,10 @@ Layout of a collection folder:
 
     manifest.json    encoder (name, weights sha256, dim, preprocessing), index spec, version
     catalog.sqlite   images (id, size, mtime, sha256, width, height, status, error) and
-                     vectors (one or more per image: the whole image, later its regions)
-    index/           the search index (see `lookalike.index`), derived from the catalog
+                     vectors (ids and boxes; one or more per image: the whole image, and its
+                     regions), holding a vector's bytes only until the index commits it
+    index/           the search index in segments (see `lookalike.index.segmented`): where
+                     the vectors live, memory-mapped
     index.json       the catalog generation the index reflects; on a mismatch the index is
                      brought up to date by adding and removing the vectors that changed
     lock             held by the one process writing (see `lookalike.lock`)
@@ -14,6 +16,10 @@ The catalog commits one batch at a time, so killing the process and re-running r
 where it stopped; manifest and index are replaced atomically. The catalog keeps a copy of
 the manifest, and the manifest the indexed folder, so that either can be rebuilt from the
 other (`lookalike check --repair`).
+
+Format 1 kept every vector twice, in the catalog and in the index; `upgrade` (run by
+`lookalike upgrade`, and by the first `lookalike index` on it) hands them to the index and
+shrinks the catalog. Format 1 stays readable as it is.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from lookalike.atomic import atomic_write
 from lookalike.calibration import Calibrator
 from lookalike.catalog import (
     Catalog,
-    DamagedVectorsError,
     ImageRecord,
+    MissingVectorsError,
     SyncPoint,
     VectorOwner,
     VectorRow,
@@ -59,7 +65,7 @@ from lookalike.lock import WriterLock
 from lookalike.regions import Regions, parse_regions
 from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: vectors in the catalog too
 BUILD_CHUNK = 250_000  # vectors read at a time when an index is built from the catalog
 REMOVALS_KEPT = 100_000  # removed vector ids kept in the log for readers that are behind
 Metric = Literal["cosine", "dot", "l2"]
@@ -233,6 +239,11 @@ class Collection:
                                  ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise LookalikeError(f"{path}/manifest.json: malformed ({exc})") from None
+        if int(manifest.get("format_version", 1)) > FORMAT_VERSION:
+            raise LookalikeError(
+                f"{path}: made by a newer lookalike (collection format "
+                f"{manifest['format_version']}; this version reads up to {FORMAT_VERSION}); "
+                "upgrade lookalike")
         loaded = encoder if isinstance(encoder, Encoder) else None
         name = loaded.name if loaded else encoder
         if name is not None and (name != built_with or (
@@ -400,9 +411,8 @@ class Collection:
         damaged (the file is then embedded)."""
         source = self.catalog.image(twin)
         assert source is not None
-        try:
-            rows = [VectorRow(image_id, r.box, r.vector) for r in self.catalog.vector_rows(twin)]
-        except DamagedVectorsError:
+        rows = [replace(r, image_id=image_id) for r in self.image_vectors(twin)]
+        if len(rows) != len(self.catalog.vector_boxes(twin)):
             return False
         record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, source.width,
                              source.height, "ok", None)
@@ -423,27 +433,36 @@ class Collection:
         index = self._index
         followed = (self._follow(index, self._synced)
                     if index is not None and self._synced is not None else None)
-        if index is None or followed is None:
-            index, followed = self._open_index()
+        if index is None or followed is None:  # the saved index's newer commit has it
+            index, followed = self._open_index(previous=index)
             images = max(1, self.catalog.count_ok_images())  # on open, not each commit
             self._per_image = max(1, -(-len(index) // images))  # rounded up
         self._index, self._synced, self._index_at = index, followed, generation
         return index
 
-    def _open_index(self) -> tuple[SegmentedIndex, SyncPoint]:
+    def _open_index(self, previous: SegmentedIndex | None = None
+                    ) -> tuple[SegmentedIndex, SyncPoint]:
+        """The saved index brought up to date; the segments `previous` (an earlier commit)
+        holds are reused, not read again."""
         index: SegmentedIndex | None = None
-        for attempt in range(2):  # a writer may drop old segments while they are read
+        for _ in range(10):  # a writer may commit, and drop old segments, while they are read
+            index = None
             try:
-                index = SegmentedIndex.load(self.path / "index")
-                break
+                index = SegmentedIndex.load(self.path / "index", previous=previous)
             except IndexError_:
-                if attempt and self.writer.held:
+                if self.writer.held:
                     (self.path / "index.json").unlink(missing_ok=True)  # saved anew
-        if index is None or index.spec != self.manifest["index"]:
-            return self._build_index()
-        saved = _saved_point(index.saved)  # from the commit that was read, not a later one
-        followed = self._follow(index, saved) if saved is not None else None
-        return (index, followed) if followed is not None else self._full_sync(index)
+                    break
+                continue
+            if index.spec != self.manifest["index"]:
+                return self._build_index(index)
+            saved = _saved_point(index.saved)  # of the commit that was read, not a later one
+            if saved is None:
+                return self._full_sync(index)
+            followed = self._follow(index, saved)
+            if followed is not None:
+                return index, followed
+        return self._build_index(index)
 
     def _follow(self, index: SegmentedIndex, point: SyncPoint) -> SyncPoint | None:
         """Apply the catalog's changes after `point`; None when its log no longer reaches
@@ -456,27 +475,41 @@ class Collection:
             index.add(changes.vids, changes.vectors, merge=False)
         return changes.point
 
-    def _build_index(self) -> tuple[SegmentedIndex, SyncPoint]:
+    def _build_index(self, source: SegmentedIndex | None) -> tuple[SegmentedIndex, SyncPoint]:
+        """An index of the manifest's spec, from the vectors of `source` (a saved index of
+        another spec) and what the catalog holds after it; without one, from the catalog
+        alone (possible until the catalog hands its vectors over)."""
         index = SegmentedIndex(self.manifest["index"], self.dim)
+        if source is not None:
+            for vids, vectors in source.live_chunks(BUILD_CHUNK):
+                index.add(vids, vectors)  # a segment each, merged as they come
+            saved = _saved_point(source.saved)
+            followed = self._follow(index, saved) if saved is not None else None
+            return (index, followed) if followed is not None else self._full_sync(index)
         with self.catalog.snapshot():
             point = self.catalog.sync_point()
             for vids, vectors in self.catalog.vector_chunks(self.dim, BUILD_CHUNK):
-                index.add(vids, vectors)  # a segment each, merged as they come
+                index.add(vids, vectors)
         return index, point
 
     def _full_sync(self, index: SegmentedIndex) -> tuple[SegmentedIndex, SyncPoint]:
         """Compare a saved index with every vector id of the catalog: for an index saved
-        before sync points, or older than the catalog's removal log."""
+        before sync points. What it lacks comes from the catalog's blobs."""
         with self.catalog.snapshot():
             point = self.catalog.sync_point()
             vids = self.catalog.vector_map()[0]
             held = index.ids
             index.remove(held[~np.isin(held, vids)])
-            new = ~np.isin(vids, held)
-            if new.any():
-                all_vids, vectors, _, _ = self.catalog.all_vectors(self.dim)
-                pick = np.isin(all_vids, vids[new])
-                index.add(all_vids[pick], vectors[pick])
+            missing = vids[~np.isin(vids, held)]
+            if len(missing):
+                found, vectors = self.catalog.held_vectors(self.dim)
+                pick = np.isin(found, missing)
+                index.add(found[pick], vectors[pick])
+                lost = missing[~np.isin(missing, found)]
+                if len(lost):
+                    owners = self.catalog.vector_owners(lost).values()
+                    raise MissingVectorsError(self.catalog.path,
+                                              sorted({o.image_id for o in owners}))
         return index, point
 
     def _index_generation(self) -> int | None:
@@ -497,14 +530,52 @@ class Collection:
         index = self._load_index()
         assert self._synced is not None
         point = self._synced
-        index.merge()
-        index.save(self.path / "index", meta={"sync": asdict(point)})
-        _write_json_atomic(self.path / "index.json",
-                           {"generation": generation, "spec": index.spec})
-        (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
-        if point.removal_seq > 2 * REMOVALS_KEPT:
-            with self.writer:
+        with self.writer:
+            index.merge()
+            index.save(self.path / "index", meta={"sync": asdict(point)})
+            _write_json_atomic(self.path / "index.json",
+                               {"generation": generation, "spec": index.spec})
+            (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
+            if self.format_version >= 2:  # the index now holds these vectors: once on disk
+                self.catalog.absorb(point.last_vid)
+            if point.removal_seq > 2 * REMOVALS_KEPT:
                 self.catalog.prune_removals(point.removal_seq - REMOVALS_KEPT)
+
+    def replace_index(self, index: SegmentedIndex, point: SyncPoint) -> None:
+        """Take `index`, which holds the catalog's vectors up to `point`, as the index, and
+        save it (what a repair rebuilt from the parts that survived)."""
+        with self.writer:
+            (self.path / "index.json").unlink(missing_ok=True)
+            self._index, self._synced, self._index_at = index, point, -1
+            self.save_index()
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest.get("format_version", 1))
+
+    def upgrade(self) -> str | None:
+        """Bring a collection of an older format to this one; what was done, or None when
+        it is current. Format 1 -> 2: the index, saved and checked whole, takes the vectors
+        over from the catalog, which is then compacted (VACUUM)."""
+        old = self.format_version
+        if old >= FORMAT_VERSION:
+            return None
+        with self.writer:
+            before = self.catalog.path.stat().st_size
+            (self.path / "index.json").unlink(missing_ok=True)  # saved with its sync point
+            self.save_index()
+            saved = SegmentedIndex.load(self.path / "index")
+            damage = saved.damage(self.path / "index")
+            point = _saved_point(saved.saved)
+            if damage or point is None:
+                raise LookalikeError(f"{self.path}: cannot upgrade: {damage or 'old index'}; "
+                                     f"run `lookalike check -c {self.path} --repair` first")
+            self.save_manifest({**self.manifest, "format_version": FORMAT_VERSION})
+            self.catalog.absorb(point.last_vid)
+            self.catalog.vacuum()
+            after = self.catalog.path.stat().st_size
+        return (f"{self.path}: upgraded from format {old} to {FORMAT_VERSION} (the catalog "
+                f"went from {before / 1e6:.1f} MB to {after / 1e6:.1f} MB)")
 
     @property
     def region_discount(self) -> float:
@@ -536,6 +607,21 @@ class Collection:
             self._index, self._synced = None, None
             self.save_index()
 
+    def image_vectors(self, image_id: str) -> list[VectorRow]:
+        """The image's vectors as the index holds them: the whole image first, then its
+        regions (none for an id not in the collection)."""
+        boxes = self.catalog.vector_boxes(image_id)
+        if not boxes:
+            return []
+        ids, vectors = self._load_index().vectors_of(np.array([v for v, _ in boxes], np.int64))
+        found = dict(zip(ids.tolist(), vectors, strict=True))
+        return [VectorRow(image_id, box, found[vid]) for vid, box in boxes if vid in found]
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector id and vector (for benchmarks and exports; memory-mapped rows are
+        read into memory)."""
+        return self._load_index().live()
+
     def index_info(self) -> dict[str, Any]:
         """The index's size and memory, and vectors an image, for reports."""
         info = self._load_index().describe()
@@ -550,7 +636,7 @@ class Collection:
         if like is not None:
             if image is not None or crop is not None:
                 raise LookalikeError("give either a query image or an indexed id, not both")
-            rows = self.catalog.vector_rows(like)
+            rows = self.image_vectors(like)
             if not rows:
                 raise LookalikeError(f"{like}: no such id in the collection")
             return rows[0].vector

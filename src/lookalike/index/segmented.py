@@ -21,6 +21,9 @@ at its top) opens as one segment and is rewritten as segments by the next save.
 
 A search runs on every segment and merges one top-k; every family's scores are exact
 (re-scored on the stored vectors), so the merge is exact too.
+
+The segments are where a collection's vectors live (the catalog hands them over once a
+commit holds them), so an index is never rebuilt from anything but its own segments.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,20 @@ class SegmentedIndex:
 
     def live(self) -> tuple[np.ndarray, np.ndarray]:
         parts = [s.index.live() for s in self._segments]
+        return (np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts]),
+                np.concatenate([np.empty((0, self.dim), np.float32)] + [p[1] for p in parts]))
+
+    def live_chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The live rows as (ids, vectors) chunks of at most `rows`, a segment at a time:
+        what a rebuild under another spec reads, holding one chunk in memory."""
+        for segment in self._segments:
+            ids, vectors = segment.index.live()
+            for start in range(0, len(ids), rows):
+                yield ids[start:start + rows], np.asarray(vectors[start:start + rows])
+
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows among `ids`, as (ids, vectors), segment by segment."""
+        parts = [s.index.vectors_of(ids) for s in self._segments]
         return (np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts]),
                 np.concatenate([np.empty((0, self.dim), np.float32)] + [p[1] for p in parts]))
 
@@ -205,18 +223,21 @@ class SegmentedIndex:
                 return name
 
     @classmethod
-    def load(cls, path: Path) -> SegmentedIndex:
+    def load(cls, path: Path, *, previous: SegmentedIndex | None = None) -> SegmentedIndex:
         """Open a segments folder (each segment's vectors memory-mapped), or a single
-        index in the layout of before as one segment."""
+        index in the layout of before as one segment. Segments that `previous` (an
+        earlier commit of the same folder) holds unchanged are taken from it, so a reader
+        picking up a new commit reads only the new segments."""
         path = Path(path)
         commit_file = path / "segments.json"
         if not commit_file.exists():
             return cls.from_index(load_single(path))
+        known = {s.name: s for s in previous._segments if s.name} if previous else {}
         try:
             commit = json.loads(commit_file.read_text())
             index = cls(commit["spec"], int(commit["dim"]), commit["metric"])
             index._serial = int(commit["serial"])
-            index._segments = [_Segment(load_single(path / name), name)
+            index._segments = [known.get(name) or _Segment(load_single(path / name), name)
                                for name in commit["segments"]]
             index.saved = commit
             removed = np.load(path / commit["removed"])
@@ -239,6 +260,27 @@ class SegmentedIndex:
                 if found:
                     return found
         return None
+
+
+def salvage(path: Path, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The vectors among `wanted` (ids) that some readable, undamaged segment folder under
+    `path` holds, as (ids, vectors) chunks, each id once: a repair's source when the
+    commit, a segment or its tombstones are lost. A vector id is never reused, so any
+    segment's copy of it is the right one, whichever commit named it."""
+    wanted = np.asarray(wanted, np.int64)
+    seen = np.empty(0, np.int64)
+    for folder in sorted(Path(path).glob("seg-*")):
+        try:
+            segment = load_single(folder)
+            if segment.damage(folder):
+                continue
+        except (OSError, ValueError, KeyError, TypeError, IndexError_):
+            continue
+        ids, vectors = segment.vectors_of(wanted)  # rows removed later are still wanted
+        new = ~np.isin(ids, seen)
+        if new.any():
+            seen = np.concatenate([seen, ids[new]])
+            yield ids[new], np.asarray(vectors[new])
 
 
 def _tier(rows: int) -> int:

@@ -136,6 +136,11 @@ class StoredIndex:
         segments carries over."""
         return self._ids[self._alive], self._vectors[self._alive]
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows among `ids`, as (ids, vectors): an indexed image's own vectors."""
+        rows = np.flatnonzero(self._alive & np.isin(self._ids, np.asarray(ids, np.int64)))
+        return self._ids[rows], np.asarray(self._vectors[rows], np.float32)
+
     def describe(self) -> dict[str, Any]:
         """Size and memory, for reports: the structure stays in RAM, the stored vectors
         are memory-mapped once the index is loaded from disk."""
