@@ -40,6 +40,20 @@ def test_search_json(indexed: tuple[Path, Path]) -> None:
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
+def test_update_named_files(indexed: tuple[Path, Path], tmp_path: Path, samples: list[Path]
+                            ) -> None:
+    root, coll = indexed
+    copy = tmp_path / "coll"
+    subprocess.run(["cp", "-r", str(coll), str(copy)], check=True)
+    (root / "zz-new.jpg").write_bytes(samples[0].read_bytes())
+    try:
+        result = run("update", "-c", copy, root / "zz-new.jpg", "--no-progress")
+    finally:
+        (root / "zz-new.jpg").unlink()
+    assert result.returncode == 0, result.stderr
+    assert "1 reused" in result.stdout and "0 unchanged" in result.stdout
+
+
 def test_crop_and_like(indexed: tuple[Path, Path]) -> None:
     root, coll = indexed
     crop = run("search", "-c", coll, root / "chelsea.jpg", "--crop", "140,20,320,200", "--json")

@@ -43,6 +43,11 @@ CASES = [
     (["index", "-c", "{coll}", "--reindex", "hnsw²"], "unknown index spec 'hnsw²'"),
     (["index", "{root}", "-c", "{out}/c2", "--regions", "grid:²"], "unknown regions spec"),
     (["index", "{root}", "-c", "{out}/c3", "--batch-size", "²"], "'²' is not a valid integer"),
+    # update and upgrade
+    (["update", "-c", "{coll}"], "Missing argument 'PATHS...'"),
+    (["update", "-c", "{coll}", "{garbage}"], "garbage.bin: not under the collection's folder"),
+    (["update", "-c", "{missing}", "{img}"], "absent: not a lookalike collection"),
+    (["upgrade", "-c", "{badcoll}"], "manifest.json: malformed"),
     # search
     (["search", "-c", "{coll}", "{dir}"], "empty: not a file"),
     (["search", "-c", "{coll}", "{garbage}"], "garbage.bin: not an image"),

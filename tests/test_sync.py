@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from lookalike import Collection
 from lookalike.catalog import Catalog, Changes, SyncPoint
 
@@ -127,3 +129,43 @@ def test_a_reader_behind_the_pruned_log_reads_the_saved_index(
     assert found == set(reader.ids()) - {samples[0].name} and len(found) == 2
     assert read.vectors_read == 0  # it re-read the saved index instead
     reader.close()
+
+
+def test_updating_named_paths_reads_only_them(tmp_path: Path, photo_dir: Path,
+                                              samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
+    from lookalike import LookalikeError
+
+    class Scoped(CountingCatalog):
+        def images(self):  # type: ignore[no-untyped-def]
+            self.full_reads += 1
+            return super().images()
+
+    path = tmp_path / "coll"
+    with Collection.create(path, encoder=encoder) as made:
+        made.index_folder(photo_dir)
+    opened = Collection.open(path, encoder=encoder)
+    opened.close()
+    catalog = Scoped(path / "catalog.sqlite")
+    coll = Collection(path, opened.manifest, encoder, catalog)
+
+    shutil.copy(samples[7], photo_dir / "new.jpg")
+    (photo_dir / samples[1].name).unlink()
+    (photo_dir / "later").mkdir()
+    shutil.copy(samples[8], photo_dir / "later" / "a.jpg")
+    shutil.copy(samples[9], photo_dir / "ignored.jpg")  # not named: not indexed
+    report = coll.index_paths([photo_dir / "new.jpg", photo_dir / samples[1].name,
+                               photo_dir / "later"])
+    assert (report.added, report.removed) == (["later/a.jpg", "new.jpg"], [samples[1].name])
+    assert report.unchanged == 0 and catalog.full_reads == 0
+    assert catalog.vectors_read == 2  # the two new vectors, when the index followed
+    assert "ignored.jpg" not in coll.ids()
+
+    shutil.rmtree(photo_dir / "later")  # a folder that is gone: everything under it goes
+    assert coll.index_paths([photo_dir / "later"]).removed == ["later/a.jpg"]
+    assert coll.search(samples[7], k=1)[0].id == "new.jpg"
+    with pytest.raises(LookalikeError, match="not under the collection's folder"):
+        coll.index_paths([tmp_path])
+    coll.close()
+    with Collection.open(path, encoder=encoder) as fresh:  # the same as a full scan finds
+        report = fresh.index_folder(photo_dir)
+        assert report.added == ["ignored.jpg"] and not report.removed

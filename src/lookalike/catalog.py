@@ -320,6 +320,22 @@ class Catalog:
         )
         return {r[0]: ImageRecord(*r) for r in rows}
 
+    def images_in(self, scopes: Iterable[str]) -> dict[str, ImageRecord]:
+        """The images an id names, or that lie under an id prefix ending in `/`: a range
+        of the primary key each, so the cost follows what is asked, not the catalog."""
+        found: dict[str, ImageRecord] = {}
+        columns = "id, size, mtime_ns, sha256, width, height, status, error"
+        for scope in scopes:
+            if scope == "":
+                return self.images()
+            if scope.endswith("/"):  # '/' + 1 is '0': [prefix, prefix-with-0) holds it all
+                rows = self.db.execute(f"SELECT {columns} FROM images WHERE id >= ? AND "
+                                       "id < ?", (scope, scope[:-1] + "0"))
+            else:
+                rows = self.db.execute(f"SELECT {columns} FROM images WHERE id = ?", (scope,))
+            found.update((r[0], ImageRecord(*r)) for r in rows)
+        return found
+
     def image(self, image_id: str) -> ImageRecord | None:
         row = self.db.execute(
             "SELECT id, size, mtime_ns, sha256, width, height, status, error FROM images "

@@ -127,6 +127,30 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
                    f"index structure {info['structure_bytes'] / 2**20:.1f} MiB")
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--wait", is_flag=True,
+              help="If another process is writing to COLLECTION, wait for it instead of "
+              "stopping.")
+def update(paths: tuple[Path, ...], collection: Path, progress: bool, wait: bool) -> None:
+    """Bring just PATHS (files or folders under COLLECTION's folder) up to date: new and
+    changed images are embedded, those no longer there removed. For a file watcher or a
+    script that knows what changed: the rest of the folder is not scanned."""
+    from lookalike.collection import Collection
+
+    with Collection.open(collection) as coll, coll.writing(wait=wait):
+        upgraded = coll.upgrade()
+        if upgraded:
+            click.echo(upgraded, err=True)
+        report = coll.index_paths(paths, progress=progress)
+        for image_id, reason in report.failed.items():
+            click.echo(f"skipped {shown(image_id)}: {reason}", err=True)
+        _echo_skipped(report.skipped)
+        click.echo(f"{collection}: {report.summary()}")
+
+
 def _echo_skipped(skipped: dict[str, str]) -> None:
     """What the folder held besides images, one line a reason (a folder of 10,000 SVGs is
     one line, with an example)."""

@@ -56,7 +56,7 @@ from lookalike.encoders import (
     create_encoder,
 )
 from lookalike.errors import LookalikeError
-from lookalike.folder import image_path, scan_folder, sha256_or_error
+from lookalike.folder import FolderScan, image_path, scan_folder, scan_paths, sha256_or_error
 from lookalike.hits import Hit
 from lookalike.images import Box, ImageError, ImageSource, decode
 from lookalike.index import IndexError_, SegmentedIndex, create_index
@@ -336,21 +336,37 @@ class Collection:
         if not root.is_dir():
             raise LookalikeError(f"{root}: not a directory")
         with self.writer:
-            return self._index_folder(root, batch_size, progress, after_batch, embed_with)
+            scan = scan_folder(root)
+            if self.root != root.resolve():
+                with self.catalog.transaction() as db:
+                    self.catalog.set_meta(db, "root", str(root.resolve()))
+            if self.manifest.get("root") != str(root.resolve()):
+                self.save_manifest({**self.manifest, "root": str(root.resolve())})
+            return self._index_scan(scan, self.catalog.images(), batch_size, progress,
+                                    after_batch, embed_with)
 
-    def _index_folder(self, root: Path, batch_size: int, progress: bool,
-                      after_batch: Callable[[int], None] | None,
-                      embed_with: BatchEncoder | None) -> IndexReport:
-        scan = scan_folder(root)
+    def index_paths(self, paths: Iterable[str | Path], *, batch_size: int = 32,
+                    progress: bool = False, after_batch: Callable[[int], None] | None = None,
+                    embed_with: BatchEncoder | None = None) -> IndexReport:
+        """Like `index_folder`, for just these files and folders under the collection's
+        folder: what a file watcher, or a script that knows what it changed, calls. A path
+        that no longer exists is removed. Neither the rest of the folder nor the catalog is
+        read, so the cost follows the change, not the collection."""
+        root = self.root
+        if root is None or not root.is_dir():
+            raise LookalikeError(f"{self.path}: its folder {root} is not there; index a "
+                                 "folder first (`lookalike index FOLDER`)")
+        with self.writer:
+            scan, scopes = scan_paths(root, [Path(p).expanduser() for p in paths])
+            return self._index_scan(scan, self.catalog.images_in(scopes), batch_size,
+                                    progress, after_batch, embed_with)
+
+    def _index_scan(self, scan: FolderScan, known: Mapping[str, ImageRecord], batch_size: int,
+                    progress: bool, after_batch: Callable[[int], None] | None,
+                    embed_with: BatchEncoder | None) -> IndexReport:
+        """Bring the catalog in line with `scan`, within what `known` holds of it."""
         on_disk = scan.files
-        known = self.catalog.images()
         report = IndexReport(skipped=scan.skipped)
-        if self.root != root.resolve():
-            with self.catalog.transaction() as db:
-                self.catalog.set_meta(db, "root", str(root.resolve()))
-        if self.manifest.get("root") != str(root.resolve()):
-            self.save_manifest({**self.manifest, "root": str(root.resolve())})
-
         changed, unreadable, report.unchanged = _compare(on_disk, known)
         todo: list[tuple[str, str, os.stat_result, str]] = []
         with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib releases the GIL

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES
 
 _ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
@@ -80,6 +81,38 @@ def scan_folder(root: Path) -> FolderScan:
                     f"unsupported format ({UNSUPPORTED_SUFFIXES[suffix]})")
     scan.files = dict(sorted(found.items()))
     return scan
+
+
+def scan_paths(root: Path, paths: list[Path]) -> tuple[FolderScan, list[str]]:
+    """Only these files and folders under `root`: their image files, as `scan_folder`
+    finds them, and the scope they cover (an id, or a folder's id prefix ending in `/`),
+    inside which what the catalog knows but the disk no longer has is gone. A path that
+    does not exist covers both, the file or folder it was."""
+    scan, scopes = FolderScan(), []
+    top = root.resolve()
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        try:
+            relative = absolute.relative_to(top).as_posix()
+        except ValueError:
+            raise LookalikeError(f"{path}: not under the collection's folder {top}") from None
+        if absolute.is_dir():
+            sub = scan_folder(absolute)
+            prefix = "" if relative == "." else f"{image_id(relative)}/"
+            scan.files.update((prefix + i, p) for i, p in sub.files.items())
+            scan.skipped.update((prefix + i, why) for i, why in sub.skipped.items())
+            scan.unreadable_folders += [prefix + f for f in sub.unreadable_folders]
+            scopes.append(prefix)
+            continue
+        scopes.append(image_id(relative))
+        if not os.path.lexists(absolute):
+            scopes.append(f"{image_id(relative)}/")
+        elif os.path.splitext(absolute.name)[1].lower() in IMAGE_SUFFIXES:
+            scan.files[image_id(relative)] = os.fspath(absolute)
+        else:
+            scan.skipped[image_id(relative)] = "not an image lookalike reads"
+    scan.files = dict(sorted(scan.files.items()))
+    return scan, scopes
 
 
 def scan_images(root: Path) -> dict[str, Path]:
