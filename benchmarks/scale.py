@@ -6,7 +6,8 @@ engine code an indexing run uses (`Collection.index_folder`: folder scan, hashin
 index), on real files (tiny distinct PNGs), with an encoder that hands out real embeddings:
 the efficientnet_lite0 vectors of crops of the bundled photos, each reused with small noise.
 Every measured operation runs in a fresh process, timed around the operation only; peak RSS
-and bytes written (`wchar` of /proc/self/io) are that process's.
+and bytes written (`wchar` of /proc/self/io) are that process's. "Named" operations are
+`lookalike update PATH...` (`Collection.index_paths`): no scan of the folder.
 
     .venv/bin/python benchmarks/scale.py --sizes 10000 100000 --specs flat hnsw32
 """
@@ -128,8 +129,7 @@ def run_op(op: str, coll: Path, folder: Path, pool: Path, count: int) -> dict[st
     start = time.perf_counter()
     c = Collection.open(coll)
     if op == "open":
-        c.search(like=c.catalog.db.execute("SELECT id FROM images LIMIT 1").fetchone()[0],
-                 k=10)
+        c.load()
         out["seconds"] = time.perf_counter() - start
     elif op in ("search-like", "search-vector"):
         ids = [r[0] for r in c.catalog.db.execute(
@@ -150,16 +150,22 @@ def run_op(op: str, coll: Path, folder: Path, pool: Path, count: int) -> dict[st
         c.search(like=c.catalog.db.execute("SELECT id FROM images LIMIT 1").fetchone()[0],
                  k=10)  # the index resident, as in a server or a second run
         rss = _rss_now()
-        if op == "add":
+        named: list[Path] = []
+        if op in ("add", "add-named"):
             last = int(c.catalog.db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
-            write_images(folder / "added", 10**8 + last, count)
-        elif op == "remove":
-            victims = sorted(folder.glob("*/img-*.png"))[:count]
-            for path in victims:
+            added = folder / ("added" if op == "add" else "named")
+            write_images(added, 10**8 + last, count)
+            named = sorted(added.rglob("*.png"))
+        elif op in ("remove", "remove-named"):
+            named = sorted(folder.glob("*/img-*.png"))[:count]
+            for path in named:
                 path.unlink()
         written = _io_written()
         start = time.perf_counter()
-        c.index_folder(folder, batch_size=2000, embed_with=PoolEncoder(np.load(pool)))
+        if op.endswith("-named"):  # `lookalike update PATH...`: no scan of the folder
+            c.index_paths(named, batch_size=2000, embed_with=PoolEncoder(np.load(pool)))
+        else:
+            c.index_folder(folder, batch_size=2000, embed_with=PoolEncoder(np.load(pool)))
         out["seconds"] = time.perf_counter() - start
         out["written_mb"] = (_io_written() - written) / 2**20
         out["rss_before_mb"] = rss
@@ -223,29 +229,42 @@ def main() -> None:
             row["add1000"] = measure("add", coll, folder, pool, 1000)
             row["add10"] = measure("add", coll, folder, pool, 10)
             row["remove1000"] = measure("remove", coll, folder, pool, 1000)
-            with_images = n + 10
-            row["disk_per_vector"] = disk_bytes(coll) / with_images
+            row["named10"] = measure("add-named", coll, folder, pool, 10)
+            row["named1000"] = measure("add-named", coll, folder, pool, 1000)
+            row["unnamed1000"] = measure("remove-named", coll, folder, pool, 1000)
+            images = n + 20  # +1,000 +10 -1,000, then named +10 +1,000 -1,000
+            row["disk_per_image"] = disk_bytes(coll) / images
+            row["catalog_per_image"] = (coll / "catalog.sqlite").stat().st_size / images
             rows.append(row)
             print(json.dumps(row), flush=True)
-            shutil.rmtree(folder / "added", ignore_errors=True)
+            for extra in ("added", "named"):
+                shutil.rmtree(folder / extra, ignore_errors=True)
+            for i in range(n):  # the removed ones back, for the next spec's build
+                if not (folder / f"{i // 1000:05d}" / f"img-{i}.png").exists():
+                    write_images(folder, i, 1)
     print_table(rows)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print("\n| N | index | open s | like p50/p99 ms | vector p50/p99 ms | no change s "
           "| add 1,000 s (MB written, peak RSS MB) | add 10 s (MB, RSS) "
-          "| remove 1,000 s (MB, RSS) | disk KB/vector |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    def op(row: dict[str, Any], name: str) -> str:
+          "| remove 1,000 s (MB, RSS) | named: add 10 s (MB, RSS above resident) "
+          "| named: add 1,000 | named: remove 1,000 | disk KB/image (catalog) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def op(row: dict[str, Any], name: str, above: bool = False) -> str:
         o = row[name]
-        return f"{o['seconds']:.2f} ({o['written_mb']:.1f}, {o['peak_rss_mb']:.0f})"
+        rss = o["peak_rss_mb"] - (o["rss_before_mb"] if above else 0)
+        return f"{o['seconds']:.2f} ({o['written_mb']:.1f}, {rss:,.0f})"
 
     for r in rows:
         print(f"| {r['n']:,} | {r['spec']} | {r['open']['seconds']:.2f} "
               f"| {r['like']['p50_ms']:.1f} / {r['like']['p99_ms']:.1f} "
               f"| {r['vector']['p50_ms']:.1f} / {r['vector']['p99_ms']:.1f} "
               f"| {r['same']['seconds']:.2f} | {op(r, 'add1000')} | {op(r, 'add10')} "
-              f"| {op(r, 'remove1000')} | {r['disk_per_vector'] / 1024:.2f} |")
+              f"| {op(r, 'remove1000')} | {op(r, 'named10', True)} "
+              f"| {op(r, 'named1000', True)} | {op(r, 'unnamed1000', True)} "
+              f"| {r['disk_per_image'] / 1024:.2f} ({r['catalog_per_image'] / 1024:.2f}) |")
 
 
 if __name__ == "__main__":

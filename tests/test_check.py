@@ -43,8 +43,7 @@ def _flip(path: Path, needle: bytes) -> None:
 def _held_vector(coll: Path) -> bytes:
     """The bytes of a vector the catalog still holds (not yet taken over by the index)."""
     with sqlite3.connect(coll / "catalog.sqlite") as db:
-        return bytes(db.execute("SELECT vector FROM vectors WHERE LENGTH(vector) > 0 "
-                                "ORDER BY vid").fetchone()[0])
+        return bytes(db.execute("SELECT vector FROM pending ORDER BY vid").fetchone()[0])
 
 
 def _interrupted_index(coll: Path, root: Path, image: Path) -> None:
@@ -160,18 +159,6 @@ def test_a_lost_manifest_is_not_replaced_by_a_default_one(tmp_path: Path, photo_
     with Collection.open(coll, encoder=encoder) as restored:
         assert restored.manifest["regions"] == "grid:2"
         assert restored.vector_count() == 6 * 5
-
-
-def test_old_catalogs_without_checksums_still_open_and_check(tmp_path: Path, photo_dir: Path,
-                                                             encoder) -> None:  # type: ignore[no-untyped-def]
-    coll = tmp_path / "coll"
-    _build(coll, photo_dir, encoder)
-    with sqlite3.connect(coll / "catalog.sqlite") as db:  # as catalogs were before checksums
-        db.execute("ALTER TABLE vectors DROP COLUMN crc32")
-    assert check_collection(coll) == []
-    with Collection.open(coll, encoder=encoder) as opened:
-        vector = opened.query_vector(like=opened.ids()[0])
-        assert np.isfinite(vector).all() and opened.search(like=opened.ids()[0], k=2)
 
 
 def test_a_create_killed_before_its_manifest_can_start_again(tmp_path: Path, encoder  # type: ignore[no-untyped-def]

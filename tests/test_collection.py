@@ -270,7 +270,8 @@ def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_di
         Collection.open(tmp_path / "coll")
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "coll", bad)
-    (bad / "manifest.json").write_text(json.dumps({"encoder": {"name": "x", "dim": 1}}))
+    (bad / "manifest.json").write_text(json.dumps({"format_version": 2,
+                                                "encoder": {"name": "x", "dim": 1}}))
     for name in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
         (bad / name).unlink(missing_ok=True)
     (bad / "catalog.sqlite").write_bytes(b"not a database" * 100)

@@ -30,9 +30,9 @@ def _results(coll: Collection) -> list[tuple[str, list[tuple[str, float]]]]:
             for i in sorted(coll.ids())]
 
 
-def _catalog_vector_bytes(path: Path) -> int:
+def _catalog_vector_bytes(path: Path, table: str) -> int:
     with sqlite3.connect(path / "catalog.sqlite") as db:
-        return int(db.execute("SELECT SUM(LENGTH(vector)) FROM vectors").fetchone()[0])
+        return int(db.execute(f"SELECT SUM(LENGTH(vector)) FROM {table}").fetchone()[0] or 0)
 
 
 def test_a_format_1_collection_reads_and_upgrades_to_the_same_results(
@@ -47,16 +47,16 @@ def test_a_format_1_collection_reads_and_upgrades_to_the_same_results(
         expected = _results(new)
 
     size_before = (path / "catalog.sqlite").stat().st_size
-    assert _catalog_vector_bytes(path) == 50 * 1280 * 4  # 10 images x (1 + 4 regions)
-    with Collection.open(path, encoder=encoder) as old:
-        assert old.format_version == 1
-        assert _results(old) == expected  # readable as it is
-        message = old.upgrade()
-        assert message is not None and "from format 1 to 2" in message
+    assert _catalog_vector_bytes(path, "vectors") == 50 * 1280 * 4  # 10 images x (1 + 4)
+    with pytest.raises(LookalikeError, match=r"older lookalike.*lookalike upgrade -c"):
+        Collection.open(path, encoder=encoder)  # a reader says how, and changes nothing
+    assert check_collection(path)[0].message.startswith("made by an older lookalike")
+    with Collection.open(path, encoder=encoder, upgrade=True) as old:
+        assert old.upgraded is not None and "from format 1 to 2" in old.upgraded
         assert old.format_version == 2 and old.upgrade() is None
         assert _results(old) == expected
-    assert _catalog_vector_bytes(path) == 0  # the index holds them: once on disk
-    assert (path / "catalog.sqlite").stat().st_size < size_before / 3
+    assert _catalog_vector_bytes(path, "pending") == 0  # the index holds them: once on disk
+    assert (path / "catalog.sqlite").stat().st_size < size_before / 5
     assert json.loads((path / "manifest.json").read_text())["format_version"] == 2
 
     with Collection.open(path, encoder=encoder) as upgraded:
@@ -64,6 +64,20 @@ def test_a_format_1_collection_reads_and_upgrades_to_the_same_results(
         assert not report.added and not report.failed
         assert _results(upgraded) == expected
     assert check_collection(path) == []
+
+
+def test_an_upgrade_keeps_what_the_saved_index_lacks(tmp_path: Path, samples: list[Path],
+                                                     encoder) -> None:  # type: ignore[no-untyped-def]
+    path = _old_collection(tmp_path)
+    shutil.rmtree(path / "index")  # an old collection whose index was never saved,
+    with sqlite3.connect(path / "catalog.sqlite") as db:  # from before vector checksums
+        db.execute("ALTER TABLE vectors DROP COLUMN crc32")
+    with Collection.open(path, encoder=encoder, upgrade=True) as upgraded:
+        assert _catalog_vector_bytes(path, "pending") == 50 * 1280 * 4
+        hits = upgraded.search(like="coffee.jpg", k=3)
+        assert len(hits) == 3 and "coffee.jpg" not in {h.id for h in hits}
+        upgraded.save_index()
+    assert _catalog_vector_bytes(path, "pending") == 0
 
 
 def test_upgrade_from_the_command_line(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ It records which images are indexed and which vectors (ids and boxes) each has, 
 change is one transaction, so a crash at any moment leaves the last committed state.
 
 A vector's bytes are stored once, in the index's segments. The catalog holds them only
-from the moment an image is embedded until the index commits them (a write-ahead log):
-then `absorb` empties those blobs, up to the index's sync point. Each blob still held
-carries a CRC-32, so damage to the file is found (and named) instead of ranking with
-garbage; the index's segments have checksums of their own.
+from the moment an image is embedded until the index commits them, in `pending` (a
+write-ahead log): then `absorb` deletes them, up to the index's sync point, and the freed
+pages go back to the disk. Each pending vector carries a CRC-32, so damage to the file is
+found (and named) instead of ranking with garbage; the segments have checksums of their own.
+
+Format 1 kept every vector's bytes in `vectors` itself; `migrate_format_1` converts it.
 """
 
 from __future__ import annotations
@@ -40,11 +42,15 @@ CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 CREATE TABLE IF NOT EXISTS vectors (
     vid INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: a deleted id never comes back
     image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
-    x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
-    vector BLOB NOT NULL,                    -- empty once the index holds it (`absorb`)
-    crc32 INTEGER                            -- of `vector`; NULL when emptied, or made before
+    x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
+-- The bytes of the vectors no index commit holds yet.
+CREATE TABLE IF NOT EXISTS pending (
+    vid INTEGER PRIMARY KEY REFERENCES vectors (vid) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    crc32 INTEGER                            -- of `vector`; NULL in catalogs made before
+);
 -- Every removed vector id, in order: an index follows the catalog by applying the removals
 -- after its own point and adding the vectors after its last id, never by a full diff.
 CREATE TABLE IF NOT EXISTS removed_vectors (
@@ -160,6 +166,8 @@ class Catalog:
         except sqlite3.Error as exc:
             raise LookalikeError(f"{path}: cannot open the catalog ({exc})") from None
         try:
+            if not _has_content(path):  # the pages of absorbed blobs go back to the disk;
+                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # set before WAL is
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -170,10 +178,9 @@ class Catalog:
             if not create and not {"meta", "images", "vectors"} <= tables:
                 raise LookalikeError(f"{path}: not a lookalike catalog (tables missing); "
                                      f"`lookalike check -c {path.parent} --repair` rebuilds it")
-            if tables and "crc32" not in {r[1] for r in self.db.execute(
-                    "PRAGMA table_info(vectors)")}:
-                self.db.execute("ALTER TABLE vectors ADD COLUMN crc32 INTEGER")  # O(1)
-            self.db.executescript(_SCHEMA)
+            self.format = 1 if "vector" in self._columns("vectors") else 2
+            if self.format == 2:
+                self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise LookalikeError(f"{path}: not a usable catalog ({exc}); "
@@ -181,6 +188,26 @@ class Catalog:
         except BaseException:
             self.db.close()
             raise
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def migrate_format_1(self, held_upto: int) -> None:
+        """Format 1 -> 2: the bytes of the vectors after `held_upto` (what a saved, whole
+        index holds; 0 if none) move to `pending`, those up to it are dropped, and the
+        file is compacted. Ids and the removal log are kept, so an index follows on."""
+        if self.format != 1:
+            return
+        crc = "crc32" if "crc32" in self._columns("vectors") else "NULL"
+        self.db.executescript(_SCHEMA)  # what is missing: `pending`, perhaps the removal log
+        with self.transaction(bump=False) as db:
+            db.execute(f"INSERT INTO pending SELECT vid, vector, {crc} FROM vectors "
+                       "WHERE vid > ?", (held_upto,))
+            for column in ("vector", "crc32") if crc == "crc32" else ("vector",):
+                db.execute(f"ALTER TABLE vectors DROP COLUMN {column}")
+            self.set_meta(db, "absorbed", str(held_upto))
+        self.format = 2
+        self.vacuum()
 
     def close(self) -> None:
         self.db.close()
@@ -230,8 +257,7 @@ class Catalog:
             removed = np.array([r[0] for r in self.db.execute(
                 "SELECT vid FROM removed_vectors WHERE seq > ? ORDER BY seq",
                 (point.removal_seq,))], np.int64)
-            rows = self.db.execute("SELECT vid, image_id, vector, crc32 FROM vectors "
-                                   "WHERE vid > ? ORDER BY vid", (point.last_vid,)).fetchall()
+            rows = self._pending_after(point.last_vid)
         damaged = sorted({r[1] for r in rows if not vector_ok(r[2], r[3], dim)})
         if damaged:
             raise DamagedVectorsError(self.path, damaged)
@@ -245,19 +271,23 @@ class Catalog:
         return int(self.get_meta("absorbed") or 0)
 
     def absorb(self, upto: int) -> None:
-        """Empty the blobs of vectors up to `upto`, which a saved index commit holds: each
-        vector's bytes stay on disk once. Costs what arrived since the last call."""
+        """Drop the pending bytes of vectors up to `upto`, which a saved index commit
+        holds: each vector's bytes stay on disk once. Costs what arrived since the last
+        call."""
         start = self.absorbed
         if upto <= start:
             return
         with self.transaction(bump=False) as db:
-            db.execute("UPDATE vectors SET vector = x'', crc32 = NULL "
-                       "WHERE vid > ? AND vid <= ?", (start, upto))
+            db.execute("DELETE FROM pending WHERE vid <= ?", (upto,))
             self.set_meta(db, "absorbed", str(upto))
+        self.db.executescript("PRAGMA incremental_vacuum;")  # all of it (execute: a page)
 
     def vacuum(self) -> None:
-        """Rewrite the file without its free pages (after an upgrade emptied the blobs)."""
+        """Rewrite the file without its free pages, returning later ones as they come
+        (after an upgrade emptied the blobs)."""
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks now
 
     def prune_removals(self, upto: int) -> None:
         """Forget removals up to `upto`, which every saved copy has applied."""
@@ -351,13 +381,11 @@ class Catalog:
             record.id, record.size, record.mtime_ns, record.sha256, record.width,
             record.height, record.status, record.error,
         ))
-        blobs = [np.asarray(r.vector, np.float32).tobytes() for r in rows]
-        db.executemany(
-            "INSERT INTO vectors (image_id, x0, y0, x1, y1, vector, crc32) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.image_id, *r.box, blob, checksum(blob)) for r, blob in zip(rows, blobs,
-                                                                           strict=True)],
-        )
+        for row in rows:
+            vid = db.execute("INSERT INTO vectors (image_id, x0, y0, x1, y1) VALUES "
+                             "(?, ?, ?, ?, ?)", (row.image_id, *row.box)).lastrowid
+            blob = np.asarray(row.vector, np.float32).tobytes()
+            db.execute("INSERT INTO pending VALUES (?, ?, ?)", (vid, blob, checksum(blob)))
 
     def remove_images(self, db: sqlite3.Connection, ids: Iterable[str]) -> None:
         db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
@@ -382,9 +410,7 @@ class Catalog:
         self._check_holds_all()
         last = 0
         while True:
-            chunk = self.db.execute(
-                "SELECT vid, image_id, vector, crc32 FROM vectors WHERE vid > ? ORDER BY vid "
-                "LIMIT ?", (last, rows)).fetchall()
+            chunk = self._pending_after(last, rows)
             if not chunk:
                 return
             damaged = sorted({r[1] for r in chunk if not vector_ok(r[2], r[3], dim)})
@@ -407,8 +433,7 @@ class Catalog:
     def held_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(vids, vectors) of the vectors the catalog still holds (not yet absorbed), each
         checked against its checksum."""
-        rows = self.db.execute("SELECT vid, image_id, vector, crc32 FROM vectors WHERE vid > ? "
-                               "ORDER BY vid", (self.absorbed,)).fetchall()
+        rows = self._pending_after(self.absorbed)
         damaged = sorted({r[1] for r in rows if not vector_ok(r[2], r[3], dim)})
         if damaged:
             raise DamagedVectorsError(self.path, damaged)
@@ -418,9 +443,14 @@ class Catalog:
     def damaged_images(self, dim: int) -> list[str]:
         """The images any of whose vectors held here fail their checksum (a full read of
         what is not absorbed yet)."""
-        rows = self.db.execute("SELECT image_id, vector, crc32 FROM vectors WHERE vid > ?",
-                               (self.absorbed,))
-        return sorted({r[0] for r in rows if not vector_ok(r[1], r[2], dim)})
+        rows = self._pending_after(self.absorbed)
+        return sorted({r[1] for r in rows if not vector_ok(r[2], r[3], dim)})
+
+    def _pending_after(self, vid: int, limit: int = -1) -> list[tuple[int, str, bytes, int]]:
+        """(vid, image id, bytes, crc32) of the pending vectors after `vid`, in order."""
+        return self.db.execute(
+            "SELECT p.vid, v.image_id, p.vector, p.crc32 FROM pending p JOIN vectors v "
+            "ON v.vid = p.vid WHERE p.vid > ? ORDER BY p.vid LIMIT ?", (vid, limit)).fetchall()
 
     def integrity_problems(self) -> list[str]:
         """What SQLite's own check finds wrong in the file (nothing: an empty list)."""

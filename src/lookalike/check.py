@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.catalog import Catalog, DamagedVectorsError
-from lookalike.collection import BUILD_CHUNK, Collection
+from lookalike.collection import BUILD_CHUNK, FORMAT_VERSION, Collection
 from lookalike.encoders import Encoder
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
@@ -64,6 +64,10 @@ def check_collection(path: str | Path) -> list[Finding]:
     except LookalikeError as exc:
         return [*findings, Finding("catalog", str(exc))]
     with closing(catalog):
+        if catalog.format < 2:
+            return [*findings, Finding("catalog", (
+                f"made by an older lookalike (format {catalog.format}); `lookalike upgrade "
+                f"-c {path}` converts it"))]
         copy = catalog.get_meta("manifest")
         if isinstance(manifest, dict) and copy is not None:
             recorded = json.loads(copy)["encoder"]
@@ -118,6 +122,10 @@ def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: boo
         catalog = Catalog(path / CATALOG, create=True)
         actions.append("started a new catalog" + (f" (the damaged one is kept as "
                                                   f"{', '.join(kept)})" if kept else ""))
+    if catalog.format < 2:
+        catalog.migrate_format_1(held_upto=0)  # every vector pending: the index is rebuilt
+        actions.append("converted the catalog from format 1")
+    manifest["format_version"] = FORMAT_VERSION
     coll = Collection(path, manifest, encoder, catalog)
     coll.writer = lock  # this process holds it already
     with coll:

@@ -97,13 +97,13 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
         raise click.UsageError("give a FOLDER to index (or --reindex SPEC)")
     if folder is not None and not folder.is_dir():
         raise LookalikeError(f"{folder}: not a directory")
-    coll = Collection.open(collection, encoder=model) if folder is None else \
-        Collection.open_or_create(collection, encoder=model, index=index_spec, regions=regions,
-                                  region_discount=region_discount)
+    coll = Collection.open(collection, encoder=model, upgrade=True, wait=wait) \
+        if folder is None else Collection.open_or_create(
+            collection, encoder=model, index=index_spec, regions=regions,
+            region_discount=region_discount, upgrade=True, wait=wait)
+    if coll.upgraded:  # an older format, brought up to date in place
+        click.echo(coll.upgraded, err=True)
     with coll, coll.writing(wait=wait):
-        upgraded = coll.upgrade()  # an older format, brought up to date in place
-        if upgraded:
-            click.echo(upgraded, err=True)
         if folder is not None:
             embed_with = None
             if ray_address is not None:
@@ -140,10 +140,10 @@ def update(paths: tuple[Path, ...], collection: Path, progress: bool, wait: bool
     script that knows what changed: the rest of the folder is not scanned."""
     from lookalike.collection import Collection
 
-    with Collection.open(collection) as coll, coll.writing(wait=wait):
-        upgraded = coll.upgrade()
-        if upgraded:
-            click.echo(upgraded, err=True)
+    with Collection.open(collection, upgrade=True, wait=wait) as coll, \
+            coll.writing(wait=wait):
+        if coll.upgraded:
+            click.echo(coll.upgraded, err=True)
         report = coll.index_paths(paths, progress=progress)
         for image_id, reason in report.failed.items():
             click.echo(f"skipped {shown(image_id)}: {reason}", err=True)
@@ -537,9 +537,9 @@ def upgrade(collection: Path, wait: bool) -> None:
     `lookalike index` does it too). Older formats stay readable until then."""
     from lookalike.collection import Collection
 
-    with Collection.open(collection) as coll, coll.writing(wait=wait):
-        click.echo(coll.upgrade() or f"{collection}: already in the current format "
-                                     f"({coll.format_version})")
+    with Collection.open(collection, upgrade=True, wait=wait) as coll:
+        click.echo(coll.upgraded or f"{collection}: already in the current format "
+                                    f"({coll.format_version})")
 
 
 @cli.command()

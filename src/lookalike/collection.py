@@ -174,6 +174,7 @@ class Collection:
         self._index_at = -1  # the catalog generation `_index` reflects
         self._synced: SyncPoint | None = None  # how far `_index` has followed the catalog
         self._per_image = 1  # vectors an image, rounded up
+        self.upgraded: str | None = None  # what `open(upgrade=True)` did
 
     # -- opening --------------------------------------------------------------------------
 
@@ -217,10 +218,14 @@ class Collection:
         return coll
 
     @classmethod
-    def open(cls, path: str | Path, *, encoder: str | Encoder | None = None) -> Collection:
+    def open(cls, path: str | Path, *, encoder: str | Encoder | None = None,
+             upgrade: bool = False, wait: bool = False) -> Collection:
         """Open an existing collection; naming a different encoder than it was built with
         is an error (vectors of two models are not comparable). A loaded `Encoder` is used
-        as it is (after the same check) instead of loading the collection's own."""
+        as it is (after the same check) instead of loading the collection's own. A
+        collection of an older format is an error that says how to upgrade it, or with
+        `upgrade` is upgraded in place first (`upgraded` then says what was done; `wait`:
+        for another writer to finish first)."""
         path = Path(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
@@ -252,14 +257,24 @@ class Collection:
                 f"{path}: built with encoder {built_with!r}, cannot use {name!r}; "
                 "create a new collection for another encoder"
             )
-        return cls(path, manifest, loaded)
+        if int(manifest.get("format_version", 1)) < FORMAT_VERSION and not upgrade:
+            raise LookalikeError(
+                f"{path}: made by an older lookalike (collection format "
+                f"{manifest.get('format_version', 1)}); `lookalike upgrade -c {path}` brings it "
+                f"to format {FORMAT_VERSION} in place, once (so does `lookalike index`)")
+        coll = cls(path, manifest, loaded)
+        if upgrade:
+            with coll.writing(wait=wait):
+                coll.upgraded = coll.upgrade()
+        return coll
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
                        index: str = "flat", regions: str = "none",
-                       region_discount: float | None = None) -> Collection:
+                       region_discount: float | None = None, upgrade: bool = False,
+                       wait: bool = False) -> Collection:
         if (Path(path) / "manifest.json").exists():
-            return cls.open(path, encoder=encoder)
+            return cls.open(path, encoder=encoder, upgrade=upgrade, wait=wait)
         return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index,
                           regions=regions, region_discount=region_discount)
 
@@ -369,6 +384,7 @@ class Collection:
         report = IndexReport(skipped=scan.skipped)
         changed, unreadable, report.unchanged = _compare(on_disk, known)
         todo: list[tuple[str, str, os.stat_result, str]] = []
+        twins: list[tuple[str, str, os.stat_result, str]] = []
         with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib releases the GIL
             hashes = list(pool.map(sha256_or_error, [path for _, path, _ in changed]))
         for (image_id, path, stat), sha in zip(changed, hashes, strict=True):
@@ -376,10 +392,13 @@ class Collection:
                 unreadable.append((image_id, stat, f"cannot read: {sha.strerror}"))
                 continue
             twin = self.catalog.ok_image_with_hash(sha)
-            if twin is not None and self._reuse(twin, image_id, stat, sha):
+            (twins if twin is not None else todo).append((image_id, path, stat, sha))
+        reused = self._reuse_twins(twins)
+        for image_id, path, stat, sha in twins:
+            if image_id in reused:
                 (report.updated if image_id in known else report.renamed).append(image_id)
-                continue
-            todo.append((image_id, path, stat, sha))
+            else:
+                todo.append((image_id, path, stat, sha))
 
         gone = sorted(i for i in set(known) - set(on_disk) if not scan.under_unreadable(i))
         if gone or unreadable:
@@ -422,19 +441,31 @@ class Collection:
         self.save_index()
         return report
 
-    def _reuse(self, twin: str, image_id: str, stat: os.stat_result, sha: str) -> bool:
-        """Give `image_id` the vectors of its identical twin; False when the twin's are
-        damaged (the file is then embedded)."""
-        source = self.catalog.image(twin)
-        assert source is not None
-        rows = [replace(r, image_id=image_id) for r in self.image_vectors(twin)]
-        if len(rows) != len(self.catalog.vector_boxes(twin)):
-            return False
-        record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, source.width,
-                             source.height, "ok", None)
+    def _reuse_twins(self, files: list[tuple[str, str, os.stat_result, str]]) -> set[str]:
+        """Give each file the vectors of an identical one the catalog has (a rename or a
+        copy: same sha256), all in one transaction; the ids that got them (not those whose
+        twin's vectors are missing: they are embedded)."""
+        if not files:
+            return set()
+        twins = {sha: self.catalog.ok_image_with_hash(sha) for *_, sha in files}
+        boxes = {twin: self.catalog.vector_boxes(twin) for twin in twins.values() if twin}
+        ids, vectors = self._load_index().vectors_of(
+            np.array([vid for rows in boxes.values() for vid, _ in rows], np.int64))
+        found = dict(zip(ids.tolist(), vectors, strict=True))
+        sources = {twin: self.catalog.image(twin) for twin in boxes}
+        done: set[str] = set()
         with self.catalog.transaction() as db:
-            self.catalog.put_image(db, record, rows)
-        return True
+            for image_id, _, stat, sha in files:
+                twin = twins[sha]
+                source = sources.get(twin) if twin else None
+                if twin is None or source is None or not all(v in found for v, _ in boxes[twin]):
+                    continue
+                record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha,
+                                     source.width, source.height, "ok", None)
+                self.catalog.put_image(db, record, [VectorRow(image_id, box, found[vid])
+                                                    for vid, box in boxes[twin]])
+                done.add(image_id)
+        return done
 
     # -- the index ------------------------------------------------------------------------
 
@@ -552,8 +583,7 @@ class Collection:
             _write_json_atomic(self.path / "index.json",
                                {"generation": generation, "spec": index.spec})
             (self.path / "index.npz").unlink(missing_ok=True)  # the format before index/
-            if self.format_version >= 2:  # the index now holds these vectors: once on disk
-                self.catalog.absorb(point.last_vid)
+            self.catalog.absorb(point.last_vid)  # the index holds them now: once on disk
             if point.removal_seq > 2 * REMOVALS_KEPT:
                 self.catalog.prune_removals(point.removal_seq - REMOVALS_KEPT)
 
@@ -571,27 +601,28 @@ class Collection:
 
     def upgrade(self) -> str | None:
         """Bring a collection of an older format to this one; what was done, or None when
-        it is current. Format 1 -> 2: the index, saved and checked whole, takes the vectors
-        over from the catalog, which is then compacted (VACUUM)."""
+        it is current. Format 1 -> 2: the catalog hands the vectors that the saved index
+        holds (when it is whole) over to it, keeps the others pending, and is compacted."""
         old = self.format_version
         if old >= FORMAT_VERSION:
             return None
         with self.writer:
             before = self.catalog.path.stat().st_size
-            (self.path / "index.json").unlink(missing_ok=True)  # saved with its sync point
-            self.save_index()
-            saved = SegmentedIndex.load(self.path / "index")
-            damage = saved.damage(self.path / "index")
-            point = _saved_point(saved.saved)
-            if damage or point is None:
-                raise LookalikeError(f"{self.path}: cannot upgrade: {damage or 'old index'}; "
-                                     f"run `lookalike check -c {self.path} --repair` first")
+            point = self._whole_saved_point()
+            self.catalog.migrate_format_1(point.last_vid if point else 0)
             self.save_manifest({**self.manifest, "format_version": FORMAT_VERSION})
-            self.catalog.absorb(point.last_vid)
-            self.catalog.vacuum()
             after = self.catalog.path.stat().st_size
         return (f"{self.path}: upgraded from format {old} to {FORMAT_VERSION} (the catalog "
                 f"went from {before / 1e6:.1f} MB to {after / 1e6:.1f} MB)")
+
+    def _whole_saved_point(self) -> SyncPoint | None:
+        """The sync point of the saved index if it is readable and whole (a full read of
+        its vectors against their checksums); None otherwise."""
+        try:
+            saved = SegmentedIndex.load(self.path / "index")
+        except IndexError_:
+            return None
+        return None if saved.damage(self.path / "index") else _saved_point(saved.saved)
 
     @property
     def region_discount(self) -> float:
@@ -622,6 +653,10 @@ class Collection:
             (self.path / "index.json").unlink(missing_ok=True)
             self._index, self._synced = None, None
             self.save_index()
+
+    def load(self) -> None:
+        """Read the index now, not at the first search (a server does, when it starts)."""
+        self._load_index()
 
     def image_vectors(self, image_id: str) -> list[VectorRow]:
         """The image's vectors as the index holds them: the whole image first, then its
