@@ -482,8 +482,9 @@ class Collection:
                     if index is not None and self._synced is not None else None)
         if index is None or followed is None:  # the saved index's newer commit has it
             index, followed = self._open_index(previous=index)
-            images = max(1, self.catalog.count_ok_images())  # on open, not each commit
-            self._per_image = max(1, -(-len(index) // images))  # rounded up
+            if self.manifest.get("regions", "none") != "none":  # else one: nothing to count
+                images = max(1, self.catalog.count_ok_images())  # on open, not each commit
+                self._per_image = max(1, -(-len(index) // images))  # rounded up
         self._index, self._synced, self._index_at = index, followed, generation
         return index
 
