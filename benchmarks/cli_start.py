@@ -54,7 +54,7 @@ def main() -> None:
             shutil.copy(photo, folder)
         with Collection.create(Path(tmp) / "demo.lk") as coll:
             coll.index_folder(folder)
-            recorded = coll.manifest["encoder"]
+            recorded = coll.manifest.encoder
         graph = onnx_path(recorded["name"], recorded["weights_sha256"])
         query = folder / "coffee.jpg"
         script = Path(tmp) / "bare.py"

@@ -97,7 +97,6 @@ def test_bad_judgements_give_clear_errors() -> None:
 def test_calibrated_collection_grades_and_filters_hits(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
                                                       encoder) -> None:
     coll = Collection.create(tmp_path / "c", encoder=encoder)
-    coll._encoder = encoder
     coll.index_folder(photo_dir)
     with pytest.raises(LookalikeError, match="not calibrated"):
         coll.search(like="coffee.jpg", min_grade=3)

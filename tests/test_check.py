@@ -157,7 +157,7 @@ def test_a_lost_manifest_is_not_replaced_by_a_default_one(tmp_path: Path, photo_
     assert not (coll / "manifest.json").exists()
     repair_collection(coll, encoder=encoder)
     with Collection.open(coll, encoder=encoder) as restored:
-        assert restored.manifest["regions"] == "grid:2"
+        assert restored.manifest.regions == "grid:2"
         assert restored.vector_count() == 6 * 5
 
 

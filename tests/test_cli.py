@@ -217,7 +217,7 @@ def test_verify_marks_the_source_of_a_copy(indexed: tuple[Path, Path], tmp_path:
 
 
 def test_run_file_keeps_a_reranked_order(tmp_path: Path) -> None:
-    from lookalike.collection import Hit
+    from lookalike.hits import Hit
     from lookalike.trec import read_run, write_run
 
     hits = [Hit(1, "copy", "p", 0.41, (0, 0, 1, 1), inliers=30),

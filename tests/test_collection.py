@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,8 @@ from lookalike import Collection, LookalikeError
 
 
 def _index(coll_path: Path, root: Path, encoder) -> Collection:  # type: ignore[no-untyped-def]
-    coll = (Collection.open(coll_path) if coll_path.exists()
+    coll = (Collection.open(coll_path, encoder=encoder) if coll_path.exists()  # the session's
             else Collection.create(coll_path, encoder=encoder))
-    coll._encoder = encoder  # share the session's loaded encoder
     coll.index_folder(root)
     return coll
 
@@ -44,8 +44,7 @@ def test_add_update_rename_delete(tmp_path: Path, photo_dir: Path, encoder, samp
 
     # Deleted images never come back from a search, also after reopening.
     coll.close()
-    with Collection.open(coll_path) as reopened:
-        reopened._encoder = encoder
+    with Collection.open(coll_path, encoder=encoder) as reopened:
         found = {h.id for h in reopened.search(samples[1], k=10)}
         assert samples[1].name not in found and len(found) == 5
 
@@ -76,8 +75,7 @@ def test_resume_after_a_crash_between_batches(tmp_path: Path, photo_dir: Path, e
     with pytest.raises(KeyboardInterrupt):
         coll.index_folder(photo_dir, batch_size=2, after_batch=crash)
     coll.close()
-    resumed = Collection.open(tmp_path / "coll")
-    resumed._encoder = encoder
+    resumed = Collection.open(tmp_path / "coll", encoder=encoder)
     assert len(resumed) == 4  # two committed batches of two
     report = resumed.index_folder(photo_dir, batch_size=2)
     assert len(report.added) == 2 and report.unchanged == 4 and len(resumed) == 6
@@ -159,10 +157,10 @@ def test_grid_regions_find_the_image_that_contains_a_detail(tmp_path: Path, samp
 
     # A region's match counts the collection's discount less than a whole image's would.
     assert coll.region_discount == 0.06  # grid's default
-    coll.manifest["region_discount"] = 0.0
+    coll.manifest = replace(coll.manifest, region_discount=0.0)
     undiscounted = {h.id: h for h in coll.search(query, k=4)}
     assert undiscounted[best.id].score == pytest.approx(best.score + 0.06, abs=1e-6)
-    coll.manifest["region_discount"] = 0.06
+    coll.manifest = replace(coll.manifest, region_discount=0.06)
 
     plain = Collection.create(tmp_path / "plain", encoder=encoder)
     plain.index_folder(root)
@@ -199,7 +197,7 @@ def test_regions_at_a_lower_resolution_match_a_query_embedded_at_theirs(  # type
 
     root, query = _collages(tmp_path, samples)
     coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="grid@128")
-    assert coll.manifest["regions"] == "grid:3@128"
+    assert coll.manifest.regions == "grid:3@128"
     coll.index_folder(root)
     assert coll.vector_count() == 4 * 14
     whole, region = coll.image_vectors("collage1.jpg")[:2]
@@ -240,7 +238,7 @@ def test_proposals_follow_the_activations_and_find_a_small_detail(tmp_path: Path
         canvas.paste(Image.open(samples[i]).convert("RGB").resize((150, 150)), (x, y))
         canvas.save(root / f"canvas{i}.png")
     coll = Collection.create(tmp_path / "coll", encoder=encoder, regions="proposals:4")
-    assert coll.manifest["regions"] == "proposals:4"
+    assert coll.manifest.regions == "proposals:4"
     coll.index_folder(root)
     assert coll.vector_count() == 4 * 5
     for i, (x, y) in enumerate(spots):
@@ -270,7 +268,7 @@ def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_di
         Collection.open(tmp_path / "coll")
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "coll", bad)
-    (bad / "manifest.json").write_text(json.dumps({"format_version": 2,
+    (bad / "manifest.json").write_text(json.dumps({"format_version": 2, "index": "flat",
                                                 "encoder": {"name": "x", "dim": 1}}))
     for name in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
         (bad / name).unlink(missing_ok=True)
@@ -282,9 +280,8 @@ def test_damaged_files_give_clear_errors_or_are_rebuilt(tmp_path: Path, photo_di
 def test_ann_index_follows_updates_and_can_be_switched(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
                                                        encoder) -> None:
     coll = Collection.create(tmp_path / "coll", encoder=encoder, index="HNSW8:ef=16")
-    coll._encoder = encoder
     coll.index_folder(photo_dir)
-    assert coll.manifest["index"] == "hnsw8:ef=16"
+    assert coll.manifest.index == "hnsw8:ef=16"
     expected = [h.id for h in coll.search(like="coffee.jpg", k=4)]
     rows = coll.index_info()["rows"]
     (photo_dir / "astronaut.jpg").rename(photo_dir / "new.jpg")
@@ -299,7 +296,7 @@ def test_ann_index_follows_updates_and_can_be_switched(tmp_path: Path, photo_dir
     coll.reindex("ivf4")  # from the stored vectors: the encoder is not needed
     coll.close()
     with Collection.open(tmp_path / "coll") as reopened:
-        assert reopened.manifest["index"] == "ivf4"
+        assert reopened.manifest.index == "ivf4"
         assert reopened.index_info()["spec"] == "ivf4"
         assert [h.id for h in reopened.search(like="coffee.jpg", k=4)] == [
             i if i != "astronaut.jpg" else "new.jpg" for i in expected]

@@ -96,7 +96,6 @@ def test_report_with_a_calibration_section(tmp_path: Path, photo_dir: Path, enco
     from lookalike.calibration import calibrate_collection
 
     coll = Collection.create(tmp_path / "coll", encoder=encoder)
-    coll._encoder = encoder
     coll.index_folder(photo_dir)
     queries, qrels = [], {}
     for n, image_id in enumerate(coll.ids() * 2):  # two edited copies of each photo

@@ -111,8 +111,7 @@ def test_images_indexed_meanwhile_are_found_without_a_restart(
     assert client.post("/api/search", files=_upload(newcomer)).json()["hits"][0]["id"] \
         != newcomer.name
     shutil.copy(newcomer, photo_dir / newcomer.name)
-    with Collection.open(tmp_path / "coll") as other:  # as `lookalike index` would
-        other._encoder = encoder
+    with Collection.open(tmp_path / "coll", encoder=encoder) as other:  # as `index` would
         other.index_folder(photo_dir)
     assert client.get("/api/info").json()["images"] == 7
     top = client.post("/api/search", files=_upload(newcomer)).json()["hits"][0]

@@ -112,9 +112,9 @@ def test_an_index_saved_before_sync_points_is_brought_up_to_date(
 def test_a_reader_behind_the_pruned_log_reads_the_saved_index(
         tmp_path: Path, photo_dir: Path, samples: list[Path], encoder,  # type: ignore[no-untyped-def]
         monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import lookalike.collection
+    import lookalike.live_index
 
-    monkeypatch.setattr(lookalike.collection, "REMOVALS_KEPT", 1)
+    monkeypatch.setattr(lookalike.live_index, "REMOVALS_KEPT", 1)
     path = tmp_path / "coll"
     with Collection.create(path, encoder=encoder) as made:
         made.index_folder(photo_dir)

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import json
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lookalike.catalog import Catalog, DamagedVectorsError
-from lookalike.collection import BUILD_CHUNK, FORMAT_VERSION, Collection
+from lookalike.collection import Collection
 from lookalike.encoders import Encoder
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
 from lookalike.index import IndexError_, SegmentedIndex
 from lookalike.index.segmented import salvage
+from lookalike.live_index import BUILD_CHUNK
 from lookalike.lock import WriterLock
+from lookalike.manifest import FORMAT_VERSION, Manifest
 
 CATALOG = "catalog.sqlite"
 
@@ -69,15 +70,15 @@ def check_collection(path: str | Path) -> list[Finding]:
                 f"made by an older lookalike (format {catalog.format}); `lookalike upgrade "
                 f"-c {path}` converts it"))]
         copy = catalog.get_meta("manifest")
-        if isinstance(manifest, dict) and copy is not None:
+        if isinstance(manifest, Manifest) and copy is not None:
             recorded = json.loads(copy)["encoder"]
-            if recorded.get("weights_sha256") != manifest["encoder"].get("weights_sha256"):
+            if recorded.get("weights_sha256") != manifest.fingerprint:
                 findings.append(Finding("manifest", (
-                    f"manifest.json names encoder {manifest['encoder']['name']!r}, but the "
+                    f"manifest.json names encoder {manifest.encoder_name!r}, but the "
                     f"catalog's vectors come from {recorded['name']!r}")))
         if isinstance(manifest, str):
             return findings
-        damaged = catalog.damaged_images(int(manifest["encoder"]["dim"]))
+        damaged = catalog.damaged_images(manifest.dim)
         if damaged:
             findings.append(Finding("vectors", str(DamagedVectorsError(catalog.path,
                                                                        damaged))))
@@ -109,9 +110,8 @@ def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: boo
         if copy is None:
             raise LookalikeError(f"{path}: cannot restore manifest.json: the catalog holds no "
                                  "copy of it; index the folder into a new collection")
-        manifest = json.loads(copy)
+        manifest = Manifest.from_dict(json.loads(copy))
         actions.append("restored manifest.json from the catalog's copy")
-    assert isinstance(manifest, dict)
     if catalog is None:
         kept = []
         for suffix in ("", "-wal", "-shm"):
@@ -125,10 +125,8 @@ def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: boo
     if catalog.format < 2:
         catalog.migrate_format_1(held_upto=0)  # every vector pending: the index is rebuilt
         actions.append("converted the catalog from format 1")
-    manifest["format_version"] = FORMAT_VERSION
-    coll = Collection(path, manifest, encoder, catalog)
-    coll.writer = lock  # this process holds it already
-    with coll:
+    manifest = replace(manifest, format_version=FORMAT_VERSION)
+    with Collection(path, manifest, encoder, catalog, writer=lock) as coll:
         coll.save_manifest(manifest)
         damaged = catalog.damaged_images(coll.dim)
         if damaged:
@@ -151,7 +149,7 @@ def _rebuild_index(coll: Collection) -> list[str]:
     segment folder that is still readable and whole (commit or not). The images with a
     vector found in neither are dropped from the catalog, for indexing to embed again."""
     catalog, folder = coll.catalog, coll.path / "index"
-    index = SegmentedIndex(coll.manifest["index"], coll.dim)
+    index = SegmentedIndex(coll.manifest.index, coll.dim)
     vids = catalog.vector_map()[0]
     held, vectors = catalog.held_vectors(coll.dim)
     found = [held]
@@ -172,16 +170,14 @@ def _rebuild_index(coll: Collection) -> list[str]:
                if owners else "")]
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | str:
+def _read_manifest(path: Path) -> Manifest | str:
     """The manifest, or what is wrong with it."""
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        manifest["encoder"]["name"], int(manifest["encoder"]["dim"])
+        return Manifest.from_dict(json.loads((path / "manifest.json").read_text()))
     except FileNotFoundError:
         return "manifest.json is missing"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"manifest.json is unreadable ({exc})"
-    return dict(manifest)
 
 
 def _open_catalog(path: Path) -> Catalog:
@@ -193,7 +189,7 @@ def _open_catalog(path: Path) -> Catalog:
     return catalog
 
 
-def _index_findings(path: Path, manifest: dict[str, Any], catalog: Catalog) -> list[Finding]:
+def _index_findings(path: Path, manifest: Manifest, catalog: Catalog) -> list[Finding]:
     folder = path / "index"
     if not folder.is_dir():
         return [Finding("index", f"{folder} is missing")]
@@ -201,9 +197,9 @@ def _index_findings(path: Path, manifest: dict[str, Any], catalog: Catalog) -> l
         index = SegmentedIndex.load(folder)
     except IndexError_ as exc:
         return [Finding("index", str(exc))]
-    if index.spec != manifest["index"]:
+    if index.spec != manifest.index:
         return [Finding("index", f"{folder} is a {index.spec} index, the manifest says "
-                                 f"{manifest['index']}")]
+                                 f"{manifest.index}")]
     damage = index.damage(folder)
     if damage:
         return [Finding("index", damage)]
@@ -217,7 +213,7 @@ def _index_findings(path: Path, manifest: dict[str, Any], catalog: Catalog) -> l
     return []
 
 
-def _file_findings(manifest: dict[str, Any], catalog: Catalog) -> list[Finding]:
+def _file_findings(manifest: Manifest, catalog: Catalog) -> list[Finding]:
     root = _root(manifest, catalog)
     if root is None:
         return []
@@ -238,8 +234,8 @@ def _file_findings(manifest: dict[str, Any], catalog: Catalog) -> list[Finding]:
             for ids, what in ((gone, "are gone"), (changed, "changed since indexing")) if ids]
 
 
-def _root(manifest: dict[str, Any], catalog: Catalog) -> Path | None:
-    root = manifest.get("root") or catalog.get_meta("root")
+def _root(manifest: Manifest, catalog: Catalog) -> Path | None:
+    root = manifest.root or catalog.get_meta("root")
     return Path(root) if root else None
 
 

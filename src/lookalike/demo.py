@@ -104,6 +104,6 @@ def run_demo(out: Path, k: int = 4) -> Path:
                              for h in hits[:3])
             print(f"{query.title}: {best}")
         page = out / "demo.html"
-        page.write_text(_render(rows, coll.manifest["encoder"]["name"]))
+        page.write_text(_render(rows, coll.manifest.encoder_name))
     print(f"to search it in a browser: lookalike serve -c {out / 'collection'}")
     return page.resolve()

@@ -126,8 +126,8 @@ def create_app(collection: str | Path) -> FastAPI:
         def describe() -> dict[str, Any]:
             index = coll.index_info()
             return {"name": coll.path.name, "images": index["images"],
-                    "vectors": index["vectors"], "encoder": coll.manifest["encoder"]["name"],
-                    "index": index["spec"], "regions": coll.manifest.get("regions", "none"),
+                    "vectors": index["vectors"], "encoder": coll.manifest.encoder_name,
+                    "index": index["spec"], "regions": coll.manifest.regions,
                     "calibrated": coll.calibration is not None}
         return await run(describe)
 

@@ -1,0 +1,91 @@
+"""From an index's candidates to the hits a user sees: one hit an image, grades from the
+calibration, scores in the metric asked for, and re-ranking by verification (the images
+that contain the query, or a copy of it, first, with the box where it lies)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+
+from lookalike import verification
+from lookalike.calibration import Calibrator
+from lookalike.encoders import EncodeInput
+from lookalike.hits import Hit
+from lookalike.images import ImageError, decode
+from lookalike.verification import Keypoints, Thumbnails, keypoints, thumbnails
+
+Metric = Literal["cosine", "dot", "l2"]
+METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
+
+
+def verified(query: EncodeInput, hits: list[Hit], depth: int) -> list[Hit]:
+    """The first `depth` hits re-ranked by verification against the query: those whose
+    keypoints verify first (most inliers first), then those where the query's pixels match
+    (least difference first), each boxed where the query lies; then the others in their
+    order, then the hits past `depth`."""
+    image = decode(query[0]).crop(query[1]) if isinstance(query, tuple) else decode(query).image
+    query_points, template = keypoints(image), verification.Template(image)
+    by_keypoints, by_pixels, unverified = [], [], []
+    for hit in hits[:depth]:
+        found = file_evidence(hit.path)
+        match = verification.verify(query_points, found[0]) if found is not None else None
+        placed = (verification.locate(template, found[1])
+                  if found is not None and match is None else None)
+        if match is not None:
+            by_keypoints.append(replace(hit, inliers=match.inliers, box=match.box))
+        elif placed is not None:
+            by_pixels.append(replace(hit, pixel_error=placed.error, box=placed.box))
+        else:
+            unverified.append(hit)
+    by_keypoints.sort(key=lambda h: -(h.inliers or 0))
+    by_pixels.sort(key=lambda h: h.pixel_error or 0.0)
+    return by_keypoints + by_pixels + unverified + hits[depth:]
+
+
+def file_evidence(path: str) -> tuple[Keypoints, Thumbnails] | None:
+    """An indexed file's keypoints and thumbnails, cached while the file is unchanged; None if
+    it is gone or no longer decodes (the hit then simply stays unverified)."""
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _cached_evidence(path, stamp)
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_evidence(path: str, mtime_ns: int) -> tuple[Keypoints, Thumbnails] | None:
+    try:
+        image = decode(path).image
+    except ImageError:
+        return None
+    return keypoints(image), thumbnails(image)
+
+
+def best_per_image(hits: list[Hit]) -> list[Hit]:
+    """One hit an image, its best-scoring one, best first."""
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        if hit.id not in best or hit.score > best[hit.id].score:
+            best[hit.id] = hit
+    return sorted(best.values(), key=lambda h: -h.score)
+
+
+def graded(hits: list[Hit], calibration: Calibrator, min_grade: float | None) -> list[Hit]:
+    """Hits (cosine-scored, best first) with their calibrated grades; with `min_grade`, only
+    those the calibration counts as at least that grade."""
+    grades, at_least = calibration.predict_scores([h.score for h in hits])
+    keep = calibration.at_least(at_least, min_grade or 0.0)
+    return [replace(h, grade=float(g), p_relevant=tuple(float(p) for p in ps))
+            for h, g, ps, kept in zip(hits, grades, at_least, keep, strict=True) if kept]
+
+
+def metric_score(inner_product: float, metric: Metric) -> float:
+    """Vectors are unit length, so cosine = dot; L2 is reported as minus the Euclidean
+    distance, sqrt(2 - 2 cos), to keep 'higher is more similar'."""
+    if metric == "l2":
+        return -float(np.sqrt(max(0.0, 2.0 - 2.0 * inner_product)))
+    return inner_product
