@@ -194,3 +194,94 @@ def test_serve_answers_over_http_on_the_port_it_names(coll_path: Path, photo_dir
             proc.send_signal(signal.SIGINT)
             _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in rest, rest
+
+
+def _slow_verification(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    import time as clock
+
+    import lookalike.collection
+
+    def slow(query, hits, depth):  # type: ignore[no-untyped-def]
+        clock.sleep(seconds)
+        return hits
+
+    monkeypatch.setattr(lookalike.collection, "verified", slow)
+
+
+def test_a_slow_verified_search_does_not_hold_up_cheap_ones(
+        coll_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time as clock
+
+    _slow_verification(monkeypatch, 3.0)
+    with TestClient(create_app(coll_path, workers=2)) as client:
+        slow = threading.Thread(target=lambda: client.post(
+            "/api/search", data={"like": "sub/coins.jpg", "verify": "5"}))
+        slow.start()
+        clock.sleep(0.3)
+        start = clock.perf_counter()
+        assert client.get("/api/info").status_code == 200
+        assert client.post("/api/search", data={"like": "chelsea.jpg"}).status_code == 200
+        assert clock.perf_counter() - start < 1.5 and slow.is_alive()
+        slow.join()
+
+
+def test_a_full_queue_answers_503_at_once_and_a_late_search_503(
+        coll_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time as clock
+
+    monkeypatch.setattr(server_app, "QUEUED_A_WORKER", 0)
+    monkeypatch.setattr(server_app, "VERIFY_SECONDS", 1.0)
+    _slow_verification(monkeypatch, 2.5)
+    with TestClient(create_app(coll_path, workers=2)) as client:
+        answers: list[int] = []
+        first = threading.Thread(target=lambda: answers.append(client.post(
+            "/api/search", data={"like": "sub/coins.jpg", "verify": "5"}).status_code))
+        first.start()
+        clock.sleep(0.3)
+        busy = client.post("/api/search", data={"like": "chelsea.jpg", "verify": "5"})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        first.join()
+        assert answers == [503]  # past its time limit
+        clock.sleep(2.0)  # its thread finishes, and the pool takes calls again
+        assert client.post("/api/search", data={"like": "chelsea.jpg"}).status_code == 200
+
+
+def test_head_works_where_get_does_and_errors_echo_no_input(client: TestClient) -> None:
+    assert client.head("/").status_code == 200
+    assert client.head("/api/info").status_code == 200
+    assert client.head("/api/images/chelsea.jpg").status_code == 200
+    answer = client.post("/api/search", data={"like": "chelsea.jpg", "k": "<script>"})
+    assert answer.status_code == 422 and "<script>" not in answer.text
+    assert answer.json()["detail"].startswith("k: ")
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read() -> None:
+    import asyncio
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        while (await receive()).get("more_body"):  # reads everything, as a form parser does
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        chunks_read = 0
+        sent: list[dict] = []  # type: ignore[type-arg]
+
+        async def receive():  # type: ignore[no-untyped-def]
+            nonlocal chunks_read
+            chunks_read += 1
+            return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+        async def send(message):  # type: ignore[no-untyped-def]
+            sent.append(message)
+
+        limited = server_app.BodyLimit(app, limit=lambda: 2**20)
+        asyncio.run(limited({"type": "http", "headers": headers}, receive, send))
+        return sent[0]["status"], chunks_read
+
+    assert call([(b"content-length", str(10 * 2**30).encode())]) == (413, 0)
+    status, chunks = call([])  # streamed, no length said: stopped at the limit
+    assert status == 413 and chunks == (2**20 + 65536) // 65536 + 1

@@ -15,6 +15,7 @@ Format 1 kept every vector's bytes in `vectors` itself; `migrate_format_1` conve
 from __future__ import annotations
 
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -161,18 +162,11 @@ class Catalog:
             raise LookalikeError(
                 f"{path}: the catalog is {'empty' if path.exists() else 'missing'}; "
                 f"`lookalike check -c {path.parent} --repair` rebuilds it from the images")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        except sqlite3.Error as exc:
-            raise LookalikeError(f"{path}: cannot open the catalog ({exc})") from None
-        try:
-            if not _has_content(path):  # the pages of absorbed blobs go back to the disk;
-                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # set before WAL is
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            # Debian's SQLite zeroes every freed page: removing 1,000 images wrote 63 MB
-            self.db.execute("PRAGMA secure_delete=FAST")
+            self._connect(new=not _has_content(path))
             tables = {r[0] for r in self.db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not create and not {"meta", "images", "vectors"} <= tables:
@@ -182,12 +176,37 @@ class Catalog:
             if self.format == 2:
                 self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            self.db.close()
+            self.close()
             raise LookalikeError(f"{path}: not a usable catalog ({exc}); "
                                  f"`lookalike check -c {path.parent}` says more") from None
         except BaseException:
-            self.db.close()
+            self.close()
             raise
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection: the threads of a server each read in transactions
+        of their own (a connection's transaction is not to be shared)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        return db if db is not None else self._connect()
+
+    def _connect(self, new: bool = False) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                 check_same_thread=False)  # `close` closes it, in any thread
+        except sqlite3.Error as exc:
+            raise LookalikeError(f"{self.path}: cannot open the catalog ({exc})") from None
+        with self._connections_lock:
+            self._connections.append(db)
+        if new:  # the pages of absorbed blobs go back to the disk; set before WAL is
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        # Debian's SQLite zeroes every freed page: removing 1,000 images wrote 63 MB
+        db.execute("PRAGMA secure_delete=FAST")
+        self._local.db = db
+        return db
 
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
@@ -210,7 +229,11 @@ class Catalog:
         self.vacuum()
 
     def close(self) -> None:
-        self.db.close()
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     @contextmanager
     def transaction(self, *, bump: bool = True) -> Iterator[sqlite3.Connection]:

@@ -350,7 +350,8 @@ class Collection:
         boxes = self.catalog.vector_boxes(image_id)
         if not boxes:
             return []
-        ids, vectors = self.index.current().vectors_of(np.array([v for v, _ in boxes], np.int64))
+        with self.index.reading() as index:
+            ids, vectors = index.vectors_of(np.array([v for v, _ in boxes], np.int64))
         found = dict(zip(ids.tolist(), vectors, strict=True))
         return [VectorRow(image_id, box, found[vid]) for vid, box in boxes if vid in found]
 
@@ -517,32 +518,32 @@ class Collection:
                  allowed: np.ndarray | None = None) -> list[list[Hit]]:
         """Per query, the `wanted` best images (cosine scores), each by its best vector
         among the `kind` of vectors (whole images, regions, or all)."""
-        index = self.index.current()
-        results: list[list[Hit]] = [[] for _ in range(len(queries))]
-        if len(index) == 0 or (allowed is not None and len(allowed) == 0):
-            return results
-        size = len(index) if allowed is None else min(len(index), len(allowed))
-        fetch = min(size, (wanted + 1) * self.index.per_image)
-        rows = list(range(len(queries)))
-        while True:
-            try:
-                scores, vids = index.search(queries[rows], fetch, allowed=allowed,
-                                            **dict(options or {}))
-            except IndexError_ as exc:
-                raise LookalikeError(f"{self.path}: {exc}") from None
-            deeper = []
-            owners = self.catalog.vector_owners(vids)
-            for row, row_scores, row_vids in zip(rows, scores, vids, strict=True):
-                results[row] = self._hits(row_scores, row_vids, owners, wanted,
-                                          exclude[row] if exclude else set(), kind)
-                # An image's regions, or the vectors of the other kind, can crowd a full
-                # shortlist (one with -1s is all the index finds at these options).
-                if len(results[row]) < wanted and row_vids[-1] >= 0:
-                    deeper.append(row)
-            rows = deeper
-            if not rows or fetch == size:
+        with self.index.reading() as index:  # other threads may search meanwhile
+            results: list[list[Hit]] = [[] for _ in range(len(queries))]
+            if len(index) == 0 or (allowed is not None and len(allowed) == 0):
                 return results
-            fetch = min(size, fetch * 4)
+            size = len(index) if allowed is None else min(len(index), len(allowed))
+            fetch = min(size, (wanted + 1) * self.index.per_image)
+            rows = list(range(len(queries)))
+            while True:
+                try:
+                    scores, vids = index.search(queries[rows], fetch, allowed=allowed,
+                                                **dict(options or {}))
+                except IndexError_ as exc:
+                    raise LookalikeError(f"{self.path}: {exc}") from None
+                deeper = []
+                owners = self.catalog.vector_owners(vids)
+                for row, row_scores, row_vids in zip(rows, scores, vids, strict=True):
+                    results[row] = self._hits(row_scores, row_vids, owners, wanted,
+                                              exclude[row] if exclude else set(), kind)
+                    # An image's regions, or the vectors of the other kind, can crowd a full
+                    # shortlist (one with -1s is all the index finds at these options).
+                    if len(results[row]) < wanted and row_vids[-1] >= 0:
+                        deeper.append(row)
+                rows = deeper
+                if not rows or fetch == size:
+                    return results
+                fetch = min(size, fetch * 4)
 
     def _hits(self, scores: np.ndarray, vids: np.ndarray, owners: Mapping[int, VectorOwner],
               wanted: int, skip: set[str], kind: VectorKind) -> list[Hit]:

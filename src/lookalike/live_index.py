@@ -7,12 +7,18 @@ that falls behind a newer commit reads only that commit's new segments. The writ
 and saves; the catalog then lets go of the vectors the commit holds (`Catalog.absorb`).
 
     index.json   the catalog generation the saved index reflects
+
+Threads of one process (a server's) search one index at once; picking up a commit changes
+it, so it waits for the searches in progress and they for it (a read-write lock that lets
+a waiting refresh go first, so a stream of searches cannot hold new commits back).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,48 @@ def _saved_point(commit: Mapping[str, Any]) -> SyncPoint | None:
         return None
 
 
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer goes before new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer: int | None = None  # the thread writing
+        self._waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._writer == me:  # re-entered (a save loads the index first)
+            yield
+            return
+        with self._cond:
+            self._waiting += 1
+            while self._writer is not None or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = None
+                self._cond.notify_all()
+
+
 class LiveIndex:
     """`LiveIndex(folder, catalog, spec, dim, writer)`: `current()` for searching, `save()`
     by the writer. `spec` may change (`switch`): the next load builds the index anew from
@@ -50,6 +98,15 @@ class LiveIndex:
         self._index: SegmentedIndex | None = None
         self._index_at = -1  # the catalog generation `_index` reflects
         self._synced: SyncPoint | None = None  # how far `_index` has followed the catalog
+        self._lock = _ReadWriteLock()
+
+    @contextmanager
+    def reading(self) -> Iterator[SegmentedIndex]:
+        """The current index, for searching while other threads may pick up commits."""
+        self.current()
+        with self._lock.reading():
+            assert self._index is not None
+            yield self._index
 
     def current(self) -> SegmentedIndex:
         """The index, up to date with the catalog. Once loaded it follows the catalog's
@@ -59,6 +116,12 @@ class LiveIndex:
         generation = self.catalog.generation
         if self._index is not None and self._index_at == generation:
             return self._index
+        with self._lock.writing():
+            return self._refresh(self.catalog.generation)
+
+    def _refresh(self, generation: int) -> SegmentedIndex:
+        if self._index is not None and self._index_at == generation:
+            return self._index  # another thread did it meanwhile
         index = self._index
         followed = (self._follow(index, self._synced)
                     if index is not None and self._synced is not None else None)
@@ -160,7 +223,7 @@ class LiveIndex:
         index = self.current()
         assert self._synced is not None
         point = self._synced
-        with self.writer:
+        with self.writer, self._lock.writing():
             index.merge()
             index.save(self.folder / "index", meta={"sync": asdict(point)})
             with atomic_write(self.folder / "index.json") as fh:
@@ -173,7 +236,7 @@ class LiveIndex:
     def replace(self, index: SegmentedIndex, point: SyncPoint) -> None:
         """Take `index`, which holds the catalog's vectors up to `point`, as the index, and
         save it (what a repair rebuilt from the parts that survived)."""
-        with self.writer:
+        with self.writer, self._lock.writing():
             (self.folder / "index.json").unlink(missing_ok=True)
             self._index, self._synced, self._index_at = index, point, -1
             self.save()
@@ -181,9 +244,10 @@ class LiveIndex:
     def switch(self, spec: str) -> None:
         """Use another index spec from now on, built from the saved index's vectors."""
         with self.writer:
-            self.spec = spec
-            (self.folder / "index.json").unlink(missing_ok=True)
-            self._index, self._synced = None, None
+            with self._lock.writing():
+                self.spec = spec
+                (self.folder / "index.json").unlink(missing_ok=True)
+                self._index, self._synced = None, None
             self.save()
 
     def whole_saved_point(self) -> SyncPoint | None:

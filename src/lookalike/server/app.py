@@ -7,18 +7,26 @@
     GET  /api/images/{id}       an indexed image as a JPEG, at most `size` px a side (the id
                                 percent-encoded: a file name may hold any character)
 
-One worker thread owns the collection and runs every call in turn: SQLite connections stay
-in the thread that opened them, and one search already keeps every core busy.
+Requests run in parallel, in pools sized to the machine (ONNX Runtime and faiss release the
+GIL; each thread reads the catalog through a connection of its own). Each pool has a
+bounded queue: a request that finds it full is answered 503 with `Retry-After` at once
+instead of waiting behind hundreds, and one that runs past its time limit gets a 503 too.
+Verified searches (seconds each) have a pool of their own, so they never hold up cheap
+ones. A background thread picks up the commits of an indexer running beside the server, so
+requests do not. Uploads are refused with 413 as soon as they pass the size limit, before
+the rest is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from importlib import resources
 from pathlib import Path
@@ -26,6 +34,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -36,7 +45,99 @@ from lookalike.images import Box, ImageSource, decode, parse_box
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 VERIFY_LIMIT = 200  # candidates a request may ask to verify (~5-10 ms each)
+SEARCH_SECONDS = 30.0  # a search's time limit
+VERIFY_SECONDS = 120.0  # a verified search's
+QUEUED_A_WORKER = 16  # calls that may wait, per worker, before new ones get a 503
+REFRESH_SECONDS = 1.0  # how often new commits are looked for
 T = TypeVar("T")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class BoundedPool:
+    """Threads with a bounded queue and a time limit a call: past `workers + queued` calls
+    in the pool a new one is refused (503, `Retry-After`) rather than left to wait; a call
+    past `seconds` is answered 503 (its thread finishes it, still counted)."""
+
+    def __init__(self, name: str, workers: int, queued: int, seconds: float) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._capacity = workers + queued
+        self._in_pool = 0  # changed on the event loop only
+        self.seconds = seconds
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        if self._in_pool >= self._capacity:
+            raise HTTPException(503, "the server is busy; try again in a moment",
+                                headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        self._in_pool += 1
+        future: Future[T] = self._executor.submit(fn)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.seconds)
+        except TimeoutError:
+            raise HTTPException(503, f"the search took longer than {self.seconds:g} s",
+                                headers={"Retry-After": "5"}) from None
+
+    def _release(self) -> None:
+        self._in_pool -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit()` bytes gets 413 as soon as that is
+    known (its Content-Length, or the bytes received so far), not after it was all read."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+                 limit: Callable[[], int]) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit() + 64 * 1024  # the form's own fields and boundaries
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise self._TooLarge
+            return message
+
+        started = False
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except self._TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse({"detail": f"over the {self.limit() >> 20} MiB upload limit"},
+                                status_code=413, headers={"Connection": "close"})
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> MutableMapping[str, Any]:
+    return {"type": "http.disconnect"}
 
 
 class _AnyText(Convertor[str]):
@@ -88,40 +189,63 @@ def run_server(app: FastAPI, sock: socket.socket) -> None:
         server.run(sockets=[sock])
 
 
-def create_app(collection: str | Path) -> FastAPI:
+def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI:
     """A FastAPI app serving the collection at `collection` (opened now, so a bad path
-    fails before a server starts)."""
-    worker = ThreadPoolExecutor(1, thread_name_prefix="lookalike-collection")
+    fails before a server starts); `workers` search threads (the CPUs by default)."""
+    workers = workers or len(os.sched_getaffinity(0))
+    coll = Collection.open(collection)
     try:
-        coll = worker.submit(Collection.open, collection).result()
-        worker.submit(lambda: coll.encoder).result()  # load the model before the first query
+        coll.encoder  # noqa: B018 (the model loads before the first query, not in it)
+        coll.load()
     except BaseException:
-        worker.shutdown()
+        coll.close()
         raise
+    searches = BoundedPool("lookalike-search", workers, QUEUED_A_WORKER * workers,
+                           SEARCH_SECONDS)
+    verified = BoundedPool("lookalike-verify", max(1, workers // 2), QUEUED_A_WORKER,
+                           VERIFY_SECONDS)
+    stop = threading.Event()
 
-    async def run(fn: Callable[[], T]) -> T:
-        """`fn` on the collection's thread."""
-        return await asyncio.wrap_future(worker.submit(fn))
+    def follow_commits() -> None:
+        """New commits of an indexer beside the server, picked up off the requests' path."""
+        while not stop.wait(REFRESH_SECONDS):
+            with suppress(Exception):  # a commit being written: the next round gets it
+                coll.index.current()
+
+    follower = threading.Thread(target=follow_commits, name="lookalike-follow", daemon=True)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follower.start()
         yield
-        worker.submit(coll.close).result()
-        worker.shutdown()
+        stop.set()
+        follower.join()
+        searches.shutdown()
+        verified.shutdown()
+        coll.close()
 
     app = FastAPI(title="lookalike", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=lambda: MAX_UPLOAD_BYTES)
 
     @app.exception_handler(LookalikeError)
     async def bad_input(_: Request, exc: LookalikeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """Which field is wrong and why, never the value sent (an upload's bytes)."""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: "
+                             f"{e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": problems}, status_code=422)
+
     page = resources.files("lookalike.server").joinpath("page.html").read_text("utf-8")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
+                   include_in_schema=False)
     async def index_page() -> str:
         return page
 
-    @app.get("/api/info")
+    @app.api_route("/api/info", methods=["GET", "HEAD"])
     async def info() -> dict[str, Any]:
         def describe() -> dict[str, Any]:
             index = coll.index_info()
@@ -129,7 +253,7 @@ def create_app(collection: str | Path) -> FastAPI:
                     "vectors": index["vectors"], "encoder": coll.manifest.encoder_name,
                     "index": index["spec"], "regions": coll.manifest.regions,
                     "calibrated": coll.calibration is not None}
-        return await run(describe)
+        return await searches.run(describe)
 
     @app.post("/api/search")
     async def search(
@@ -164,15 +288,15 @@ def create_app(collection: str | Path) -> FastAPI:
 
         start = time.perf_counter()
         try:
-            hits = await run(find)
+            hits = await (verified if verify else searches).run(find)
         except ImageError as exc:  # named after the upload, not "<123 bytes>"
             raise HTTPException(400, f"{name}: {exc.reason}") from None
         return {"hits": hits, "seconds": round(time.perf_counter() - start, 4)}
 
-    @app.get("/api/images/{image_id:lookalike_any}")
+    @app.api_route("/api/images/{image_id:lookalike_any}", methods=["GET", "HEAD"])
     async def indexed_image(image_id: str, size: Annotated[int, Query(ge=16, le=2048)] = 320
                             ) -> Response:
-        path = await run(lambda: _indexed_path(coll, image_id))
+        path = await searches.run(lambda: _indexed_path(coll, image_id))
         try:  # decoded beside the collection's thread: a results page asks for many at once
             data = await asyncio.to_thread(_thumbnail, path, size)
         except ImageError as exc:  # changed or removed since it was indexed
