@@ -78,6 +78,8 @@ class StoredIndex:
         self._ids = np.empty(0, np.int64)
         self._vectors: np.ndarray = np.empty((0, dim), np.float32)
         self._alive = np.empty(0, bool)
+        self._live = 0  # live rows, counted as they change (not summed on every search)
+        self._by_id: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, their rows
         self._built = 0  # rows [0, _built) are in the structure
 
     # -- hooks for the families -----------------------------------------------------------
@@ -124,7 +126,19 @@ class StoredIndex:
         return self._ids[self._alive]
 
     def __len__(self) -> int:
-        return int(self._alive.sum())
+        return self._live
+
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The rows holding `ids` (dead ones too), by binary search: a lookup costs the ids
+        asked for, not the rows held (the sorted copy is made once, on the first)."""
+        if self._by_id is None:
+            order = np.argsort(self._ids, kind="stable")
+            self._by_id = (self._ids[order], order)
+        sorted_ids, order = self._by_id
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(0, len(sorted_ids) - 1))
+        hit = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return np.sort(order[at[hit]])
 
     @property
     def dead_ids(self) -> np.ndarray:
@@ -138,7 +152,8 @@ class StoredIndex:
 
     def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The live rows among `ids`, as (ids, vectors): an indexed image's own vectors."""
-        rows = np.flatnonzero(self._alive & np.isin(self._ids, np.asarray(ids, np.int64)))
+        rows = self._rows_of(ids)
+        rows = rows[self._alive[rows]]
         return self._ids[rows], np.asarray(self._vectors[rows], np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -161,11 +176,15 @@ class StoredIndex:
         self._vectors = (np.ascontiguousarray(vectors, np.float32) if first
                          else np.concatenate([self._vectors, vectors]))
         self._alive = np.concatenate([self._alive, np.ones(len(ids), bool)])
+        self._live += len(ids)
+        self._by_id = None
         self._maintain()
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop `ids` (unknown ones are ignored); they never come back from search."""
-        self._alive &= ~np.isin(self._ids, np.asarray(ids, np.int64).reshape(-1))
+        rows = self._rows_of(ids)
+        self._live -= int(self._alive[rows].sum())
+        self._alive[rows] = False
         self._maintain()
 
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
@@ -311,6 +330,7 @@ class StoredIndex:
         keep = self._alive
         self._ids, self._vectors = self._ids[keep], np.ascontiguousarray(self._vectors[keep])
         self._alive = np.ones(self._ids.shape[0], bool)
+        self._live, self._by_id = self._ids.shape[0], None
         self._built = 0
         if len(self) >= self._min_rows():
             self._build(self._vectors)
@@ -357,6 +377,7 @@ class StoredIndex:
     def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
         self._ids = np.load(folder / "ids.npy")
         self._alive = np.load(folder / "alive.npy")
+        self._live, self._by_id = int(self._alive.sum()), None
         self._vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
         if not (self._ids.shape[0] == self._alive.shape[0] == self._vectors.shape[0]):
             raise ValueError("ids, alive and vectors differ in length")

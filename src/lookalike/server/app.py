@@ -38,6 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.convertors import Convertor, register_url_convertor
 
+from lookalike.catalog import ImageRecord
 from lookalike.collection import Collection, Hit, Metric
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.folder import image_path
@@ -287,7 +288,8 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
             if like is not None:
                 _indexed_path(coll, like)  # 404 for an unknown id
             hits = _search(coll, query, like, box, k=k, verify=verify, metric=metric)
-            return [_hit_json(coll, hit) for hit in hits]
+            records = coll.catalog.images_named(h.id for h in hits)
+            return [_hit_json(hit, records.get(hit.id)) for hit in hits]
 
         start = time.perf_counter()
         try:
@@ -334,12 +336,11 @@ def _search(coll: Collection, query: ImageSource | None, like: str | None, box: 
     return coll.search(query, like=like, crop=box, **options)
 
 
-def _hit_json(coll: Collection, hit: Hit) -> dict[str, Any]:
+def _hit_json(hit: Hit, record: ImageRecord | None) -> dict[str, Any]:
     """A hit as the page needs it: its image's size (to draw the box) and URL; no server
     paths."""
     out = hit.to_dict()
     del out["path"]
-    record = coll.catalog.image(hit.id)
     if record is not None:
         out["width"], out["height"] = record.width, record.height
     out["url"] = "api/images/" + quote(hit.id)  # "?", "#", "%", newlines too; "/" kept
