@@ -55,3 +55,17 @@ def sky():  # type: ignore[no-untyped-def]
         return Image.fromarray(field).resize(size, Image.Resampling.BICUBIC)
 
     return make
+
+
+# Modules whose tests run a real model in a subprocess (the CLI) or build one themselves.
+_MODEL_MODULES = {"test_cli", "test_cli_errors", "test_encoders", "test_train_head",
+                  "test_train_modes", "test_distributed", "test_upgrade"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run a real encoder are marked `model`: `pytest -m "not model"` is the fast
+    tier, for a quick check while working (CI runs everything)."""
+    for item in items:
+        if ("encoder" in getattr(item, "fixturenames", ())
+                or item.module.__name__.rsplit(".", 1)[-1] in _MODEL_MODULES):  # type: ignore[attr-defined]
+            item.add_marker(pytest.mark.model)
