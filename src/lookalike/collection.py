@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lookalike.calibration import Calibrator
-from lookalike.catalog import Catalog, SyncPoint, VectorOwner, VectorRow
+from lookalike.catalog import Catalog, ImageRecord, SyncPoint, VectorOwner, VectorRow
 from lookalike.encoders import (
     DEFAULT_ENCODER,
     BatchEncoder,
@@ -38,7 +38,7 @@ from lookalike.encoders import (
     create_encoder,
 )
 from lookalike.errors import LookalikeError
-from lookalike.folder import image_path, scan_folder, scan_paths
+from lookalike.folder import FolderScan, image_path, scan_folder, scan_paths
 from lookalike.folder_sync import IndexReport, sync_files
 from lookalike.hits import Hit
 from lookalike.images import Box, ImageSource, decode
@@ -271,9 +271,10 @@ class Collection:
             return self._sync(scan, self.catalog.images_in(scopes), batch_size, progress,
                               after_batch, embed_with)
 
-    def _sync(self, scan: Any, known: Mapping[str, Any], batch_size: int, progress: bool,
-              after_batch: Callable[[int], None] | None, embed_with: BatchEncoder | None
-              ) -> IndexReport:
+    def _sync(self, scan: FolderScan, known: Mapping[str, ImageRecord], batch_size: int,
+              progress: bool, after_batch: Callable[[int], None] | None,
+              embed_with: BatchEncoder | None) -> IndexReport:
+        """The model loads only if something is to be embedded."""
         return sync_files(scan, known, self.catalog, self.index,
                           lambda: embed_with or self.encoder, self.regions,
                           batch_size=batch_size, progress=progress, after_batch=after_batch)
