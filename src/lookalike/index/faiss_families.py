@@ -23,6 +23,20 @@ _TRAIN_POINTS_PER_CENTROID = 64  # k-means sample: enough for faiss, a quarter o
 _RETRAIN_GROWTH = 4
 
 
+def _search_parameters(index: Any, values: dict[str, float]) -> Any:
+    """The search's settings as faiss's per-call parameters, not set on the index itself:
+    a server's threads search one index at once, each with its own `ef` or `nprobe`."""
+    if not values:
+        return None
+    if isinstance(index, faiss.IndexPreTransform):  # OPQ, then the IVF inside
+        inner = _search_parameters(faiss.downcast_index(index.index), values)
+        return faiss.SearchParametersPreTransform(index_params=inner)  # type: ignore[call-arg]
+    if "efSearch" in values:  # faiss's stubs lack these keyword constructors
+        return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            efSearch=int(values["efSearch"]))
+    return faiss.SearchParametersIVF(nprobe=int(values["nprobe"]))  # type: ignore[call-arg]
+
+
 class _FaissIndex(StoredIndex):
     _faiss: Any = None
 
@@ -54,10 +68,8 @@ class _FaissIndex(StoredIndex):
 
     def _candidates(self, queries: np.ndarray, fetch: int, params: dict[str, Number]
                     ) -> np.ndarray:
-        space = faiss.ParameterSpace()
-        for name, value in self._faiss_params(fetch, params).items():
-            space.set_index_parameter(self._faiss, name, value)
-        _, labels = self._faiss.search(queries, fetch)
+        settings = _search_parameters(self._faiss, self._faiss_params(fetch, params))
+        _, labels = self._faiss.search(queries, fetch, params=settings)
         return labels.astype(np.int64)
 
     def _faiss_params(self, fetch: int, params: dict[str, Number]) -> dict[str, float]:
