@@ -53,6 +53,13 @@ def test_ids_round_trip_to_their_files(tmp_path: Path) -> None:
         (tmp_path / os.fsdecode(raw)).write_bytes(b"x")
         assert image_path(tmp_path, image_id(os.fsdecode(raw))) == tmp_path / os.fsdecode(raw)
     assert image_id(os.fsdecode(b"a\xff.jpg")) == "a\\xff.jpg"
+    # A name that is literally `a\xff.jpg` is another file, with another id.
+    literal, byte = tmp_path / "a\\xff.jpg", tmp_path / os.fsdecode(b"a\xff.jpg")
+    literal.write_bytes(b"literal")
+    byte.write_bytes(b"byte")
+    ids = {image_id(p.name) for p in (literal, byte)}
+    assert len(ids) == 2
+    assert {image_path(tmp_path, i).read_bytes() for i in ids} == {b"literal", b"byte"}
 
 
 def test_a_newline_in_a_name_stays_on_its_line(tmp_path: Path, photo_dir: Path,

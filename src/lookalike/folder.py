@@ -22,17 +22,21 @@ _ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
 
 def image_id(relative: str) -> str:
     """The id of a file at `relative` ('/'-separated); os.walk hands undecodable bytes over
-    as surrogate escapes, which become `\\xNN`."""
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    as surrogate escapes, which become `\\xNN`. A name that itself holds `\\x` gets its
+    backslash escaped (`\\x5c`), so that no two files share an id."""
+    return relative.replace("\\x", "\\x5cx").encode("utf-8", "surrogateescape").decode(
+        "utf-8", "backslashreplace")
 
 
 def image_path(root: Path, image_id: str) -> Path:
-    """The file an id names: `root / id`, or, for an id with `\\xNN` escapes whose literal
-    name does not exist, the file whose name has those bytes."""
+    """The file an id names: `root / id`, its `\\xNN` escapes turned back into bytes (or,
+    for an id made before backslashes were escaped, the literal name when only it exists)."""
     path = root / image_id
-    if "\\x" in image_id and not os.path.lexists(path):
+    if "\\x" in image_id:
         raw = _ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), image_id.encode())
-        path = root / os.fsdecode(raw)
+        decoded = root / os.fsdecode(raw)
+        if os.path.lexists(decoded) or not os.path.lexists(path):
+            return decoded
     return path
 
 
