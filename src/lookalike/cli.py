@@ -505,6 +505,78 @@ def serve(collection: Path, host: str, port: int) -> None:
 
 @cli.command()
 @collection_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout: "
+              '{"groups": [{"images", "keep", "pairs": [...]}]} (see README, Duplicates).')
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              help="Also write every pair to this CSV file.")
+@click.option("--similar", is_flag=True, help="Also group images of the same scene that are "
+              "not copies (burst shots, the same place from elsewhere).")
+@click.option("--keep", type=click.Choice(["largest", "oldest", "newest", "shortest-path"]),
+              default="largest", show_default=True, help="Which image of a group to keep.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Cosine below which two images are not compared at all.")
+@click.option("--neighbours", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Nearest images each image is compared with.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: bool,
+               keep: str, min_score: float, neighbours: int, progress: bool) -> None:
+    """Find the images of COLLECTION that are copies of one another (the same file, resized,
+    re-encoded, cropped, flipped, rotated, edited) and group them. Nothing is changed."""
+    from tqdm import tqdm
+
+    from lookalike.collection import Collection
+    from lookalike.duplicates import find_duplicates
+
+    with Collection.open(collection) as coll, tqdm(unit="pair", disable=not progress,
+                                                   desc="comparing") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
+                                 neighbours=neighbours, min_score=min_score, progress=advance)
+    if csv_path is not None:
+        _write_pairs_csv(csv_path, groups)
+    if as_json:
+        click.echo(json.dumps({"groups": [g.to_dict() for g in groups]}, indent=1))
+        return
+    for number, group in enumerate(groups, start=1):  # each image by its link to the keeper
+        click.echo(f"group {number}: {len(group.images)} images, keep {shown(group.keep)}")
+        for image_id in group.images:
+            links = [p for p in group.pairs if image_id in (p.a, p.b)]
+            pair = next((p for p in links if group.keep in (p.a, p.b)), links[0])
+            if image_id == group.keep:
+                continue
+            how = {"identical": "identical to", "same-pixels": "the same pixels as",
+                   "similar": "looks like"}.get(pair.relation, f"{pair.relation} from")
+            if pair.a == image_id:  # the other is derived from it
+                how = {"cropped": "contains", "resized": "a larger size of"}.get(
+                    pair.relation, how)
+            where = f", at {','.join(map(str, pair.box))}" if pair.box else ""
+            other = pair.a if pair.b == image_id else pair.b
+            click.echo(f"  {shown(image_id)}: {how} {shown(other)}{where}")
+    click.echo(f"{collection}: {len(groups)} groups, "
+               f"{sum(len(g.images) - 1 for g in groups)} images that could go", err=True)
+
+
+def _write_pairs_csv(path: Path, groups: list[Any]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group", "a", "b", "relation", "probability", "x0", "y0", "x1", "y1",
+                         "score", "inliers", "pixel_error"])
+        for number, group in enumerate(groups, start=1):
+            for pair in group.pairs:
+                writer.writerow([number, pair.a, pair.b, pair.relation,
+                                 "" if pair.probability is None else pair.probability,
+                                 *(pair.box or ("", "", "", "")), round(pair.score, 4),
+                                 "" if pair.inliers is None else pair.inliers,
+                                 "" if pair.pixel_error is None else round(pair.pixel_error, 2)])
+
+
+@cli.command()
+@collection_option
 @click.option("--repair", is_flag=True, help="Mend what is found: restore the manifest, "
               "re-embed damaged or lost vectors, rebuild the index.")
 @click.option("--wait", is_flag=True, help="With --repair: wait for another writer.")

@@ -1,0 +1,263 @@
+"""Near-duplicates: which images of a collection derive from one original, and how.
+
+Candidate pairs come from the index, never from all pairs: each image's nearest neighbours
+(regions included, so a crop finds the part of its source it shows) above a similarity
+floor. Each candidate pair is then classified by looking at the pixels, cheapest test
+first: the same bytes (`identical`), the same pixels (`same-pixels`), the same picture at
+another size or compression (`resized`, `re-encoded`), mirrored or turned a quarter
+(`flipped`, `rotated`); else keypoints that agree on one placement say that one image shows
+the other, whole (`edited`: colour, blur, text over it) or in part (`cropped`, with the box
+where it lies). A pair none of these confirm is not a copy; with `similar` it is kept as
+`similar` (the same scene, a burst shot). Copies are grouped by union-find, so two crops
+of one photo belong together when the photo or another copy links them.
+
+The pair's `probability` is left empty until it is calibrated on judged pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lookalike import verification
+from lookalike.collection import Collection
+from lookalike.folder import image_path
+from lookalike.images import Box, ImageError, decode
+
+Keep = Literal["largest", "oldest", "newest", "shortest-path"]
+KEEP: tuple[Keep, ...] = ("largest", "oldest", "newest", "shortest-path")
+MIN_SCORE = 0.5  # cosine below which a pair is not even a candidate
+NEIGHBOURS = 8  # candidates an image
+SAME_PICTURE_RMS = 6.0  # levels at 64 px, RGB: the same picture, re-encoded or resized
+WHOLE_FRAME = 0.9  # a placement covering this share of the source is the whole picture
+
+
+@dataclass(frozen=True)
+class CopyPair:
+    """`b` derives from `a` (or, for `similar`, looks like it): how, and the evidence."""
+
+    a: str
+    b: str
+    relation: str
+    score: float
+    box: Box | None = None  # where b lies in a (cropped)
+    inliers: int | None = None
+    pixel_error: float | None = None
+    probability: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "relation": self.relation,
+                "probability": self.probability,
+                "box": list(self.box) if self.box is not None else None,
+                "evidence": {"score": round(self.score, 4), "inliers": self.inliers,
+                             "pixel_error": None if self.pixel_error is None
+                             else round(self.pixel_error, 2)}}
+
+
+@dataclass
+class Group:
+    images: list[str]
+    keep: str
+    pairs: list[CopyPair] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "keep": self.keep,
+                "pairs": [p.to_dict() for p in self.pairs]}
+
+
+class _Picture:
+    """An indexed image's decoded pixels and keypoints, made when first asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @functools.cached_property
+    def image(self) -> Image.Image:
+        return decode(self.path).image.convert("RGB")
+
+    @functools.cached_property
+    def small(self) -> np.ndarray:
+        return _small(self.image)
+
+    @functools.cached_property
+    def keypoints(self) -> verification.Keypoints:
+        return verification.keypoints(self.image)
+
+
+def _small(image: Image.Image, side: int = 64) -> np.ndarray:
+    """The picture at `side` x `side`, in colour: a grey copy is an edit, not a re-save."""
+    return np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), np.float32)
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return abs(a[0] / a[1] - b[0] / b[1]) <= 0.01 * (a[0] / a[1])
+
+
+def classify(a: _Picture, b: _Picture, *, same_bytes: bool, score: float, a_id: str,
+             b_id: str) -> CopyPair | None:
+    """How `b` derives from `a` (or `a` from `b`: the pair comes back as source first), or
+    None when the pixels confirm no copy."""
+    if same_bytes:
+        return CopyPair(a_id, b_id, "identical", score)
+    size_a, size_b = a.image.size, b.image.size
+    if size_a == size_b and np.array_equal(np.asarray(a.image), np.asarray(b.image)):
+        return CopyPair(a_id, b_id, "same-pixels", score, pixel_error=0.0)
+    if size_b[0] * size_b[1] > size_a[0] * size_a[1]:  # the larger one is the source
+        a, b, a_id, b_id = b, a, b_id, a_id
+        size_a, size_b = size_b, size_a
+    if _same_aspect(size_a, size_b):
+        error = _rms(a.small, b.small)
+        if error < SAME_PICTURE_RMS:
+            return CopyPair(a_id, b_id, "re-encoded" if size_a == size_b else "resized", score,
+                            pixel_error=error)
+        mirrored = _rms(a.small, _small(ImageOps.mirror(b.image)))
+        if mirrored < SAME_PICTURE_RMS:
+            return CopyPair(a_id, b_id, "flipped", score, pixel_error=mirrored)
+    for turn in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
+                 Image.Transpose.ROTATE_180):
+        turned = b.image.transpose(turn)
+        if _same_aspect(size_a, turned.size):
+            error = _rms(a.small, _small(turned))
+            if error < SAME_PICTURE_RMS:
+                return CopyPair(a_id, b_id, "rotated", score, pixel_error=error)
+    inside_a = verification.verify(b.keypoints, a.keypoints)  # b placed in a
+    inside_b = verification.verify(a.keypoints, b.keypoints)  # a placed in b
+    if inside_a is not None and not _whole(inside_a.box, size_a):
+        return CopyPair(a_id, b_id, "cropped", score, box=inside_a.box,
+                        inliers=inside_a.inliers)
+    if inside_b is not None and not _whole(inside_b.box, size_b):  # a crop, enlarged
+        return CopyPair(b_id, a_id, "cropped", score, box=inside_b.box,
+                        inliers=inside_b.inliers)
+    if inside_a is not None or inside_b is not None:
+        found = inside_a or inside_b
+        assert found is not None
+        return CopyPair(a_id, b_id, "edited", score, inliers=found.inliers)
+    placed = verification.locate(verification.Template(b.image),
+                                 verification.thumbnails(a.image))
+    if placed is not None:
+        return CopyPair(a_id, b_id, "cropped", score, box=placed.box,
+                        pixel_error=placed.error)
+    return None
+
+
+def _whole(box: Box, size: tuple[int, int]) -> bool:
+    """The box covers (nearly) the whole picture."""
+    x0, y0, x1, y1 = box
+    return (x1 - x0) * (y1 - y0) >= WHOLE_FRAME * size[0] * size[1]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
+                    min_score: float = MIN_SCORE, chunk: int = 512
+                    ) -> Iterator[tuple[str, str, float]]:
+    """Each unordered pair of images of which one is among the other's `neighbours` nearest
+    (whole images and regions) with a cosine of at least `min_score`, once, best first per
+    image; the queries a chunk at a time, so memory stays bounded."""
+    ids = coll.ids()
+    seen: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), chunk):
+        batch = ids[start:start + chunk]
+        queries = np.stack([coll.image_vectors(i)[0].vector for i in batch])
+        found = coll.search_vectors(queries, k=neighbours,
+                                    exclude=[{image_id} for image_id in batch])
+        for image_id, hits in zip(batch, found, strict=True):
+            for hit in hits:
+                key = (min(image_id, hit.id), max(image_id, hit.id))
+                if hit.score >= min_score and key not in seen:
+                    seen.add(key)
+                    yield image_id, hit.id, hit.score
+
+
+def find_duplicates(coll: Collection, *, similar: bool = False, keep: Keep = "largest",
+                    neighbours: int = NEIGHBOURS, min_score: float = MIN_SCORE,
+                    progress: Callable[[int, int], None] | None = None) -> list[Group]:
+    """Groups of images that derive from one original (with `similar`, also of images of
+    the same scene), each with the image to keep and the pairs that link it."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    root = coll.root or coll.path
+    pictures: dict[str, _Picture] = {}
+
+    def picture(image_id: str) -> _Picture:
+        if image_id not in pictures:
+            if len(pictures) >= 4096:  # bounded: the oldest ones go
+                pictures.pop(next(iter(pictures)))
+            pictures[image_id] = _Picture(image_path(root, image_id))
+        return pictures[image_id]
+
+    records = {i: r for i, r in coll.catalog.images().items() if r.status == "ok"}
+    pairs: list[CopyPair] = []
+    candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score))
+    for done, (x, y, score) in enumerate(candidates, start=1):
+        try:
+            pair = classify(picture(x), picture(y), same_bytes=records[x].sha256
+                            == records[y].sha256, score=score, a_id=x, b_id=y)
+        except (ImageError, OSError):  # changed or gone since indexing: not judged
+            pair = None
+        if pair is None and similar:
+            pair = CopyPair(x, y, "similar", score)
+        if pair is not None:
+            pairs.append(pair)
+        if progress is not None:
+            progress(done, len(candidates))
+    links = _UnionFind()
+    for pair in pairs:
+        links.union(pair.a, pair.b)
+    members: dict[str, list[str]] = {}
+    for image_id in sorted({i for p in pairs for i in (p.a, p.b)}):
+        members.setdefault(links.find(image_id), []).append(image_id)
+    groups = []
+    for images in members.values():
+        inside = set(images)
+        groups.append(Group(images, _keeper(coll, images, records, keep, root),
+                            [p for p in pairs if p.a in inside]))
+    return sorted(groups, key=lambda g: (-len(g.images), g.images[0]))
+
+
+def _keeper(coll: Collection, images: list[str], records: dict[str, Any], keep: Keep,
+            root: Path) -> str:
+    """The image to keep. `largest`: the most pixels; among equals, the most central one
+    (each copy strays from its original in its own way, so the original is the closest to
+    all of them), then the largest file."""
+    if keep == "largest":
+        vectors = np.stack([coll.image_vectors(i)[0].vector for i in images])
+        central = dict(zip(images, (vectors @ vectors.T).sum(axis=1).tolist(), strict=True))
+        return max(images, key=lambda i: ((records[i].width or 0) * (records[i].height or 0),
+                                          round(central[i], 3), records[i].size, -len(i)))
+    if keep == "shortest-path":
+        return min(images, key=lambda i: (len(i), i))
+    modified = {i: _mtime(image_path(root, i)) for i in images}
+    pick = min if keep == "oldest" else max
+    return pick(images, key=lambda i: (modified[i], i))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,100 @@
+"""`lookalike duplicates`: copies of a photo found, named by what was done to them, grouped;
+photos that only look alike are not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from lookalike import Collection
+from lookalike.duplicates import find_duplicates
+
+# What each copy of chelsea.jpg (451 x 300) is, and the relation it must be found as.
+COPIES = {
+    "same.jpg": "identical",
+    "half.png": "resized",
+    "q30.jpg": "re-encoded",
+    "mirror.png": "flipped",
+    "turned.png": "rotated",
+    "grey.png": "edited",
+    "eye.png": "cropped",
+    "corner-blurred.png": "cropped",
+}
+
+
+def _copies(original: Path, folder: Path) -> None:
+    image = Image.open(original).convert("RGB")
+    shutil.copy(original, folder / "same.jpg")
+    image.resize((image.width // 2, image.height // 2)).save(folder / "half.png")
+    image.save(folder / "q30.jpg", quality=30)
+    ImageOps.mirror(image).save(folder / "mirror.png")
+    image.transpose(Image.Transpose.ROTATE_90).save(folder / "turned.png")
+    ImageOps.grayscale(image).convert("RGB").save(folder / "grey.png")
+    image.crop((100, 30, 330, 250)).save(folder / "eye.png")  # 37 % of the area
+    corner = image.crop((0, 0, 260, 180)).filter(ImageFilter.GaussianBlur(1.5))
+    ImageDraw.Draw(corner).text((10, 10), "COPY", fill=(255, 255, 255))
+    corner.save(folder / "corner-blurred.png")
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory, samples: list[Path], encoder  # type: ignore[no-untyped-def]
+               ) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    chelsea = next(p for p in samples if p.name == "chelsea.jpg")
+    shutil.copy(chelsea, folder / "chelsea.jpg")
+    _copies(chelsea, folder)
+    for other in samples:  # distractors: other photos, one with a copy of its own
+        if other.name != "chelsea.jpg":
+            shutil.copy(other, folder / other.name)
+    Image.open(folder / "coffee.jpg").resize((256, 171)).save(folder / "coffee-small.png")
+    path = folder.parent / "coll"
+    with Collection.create(path, encoder=encoder, regions="grid") as coll:
+        coll.index_folder(folder)
+    return path
+
+
+def test_each_copy_is_found_named_and_grouped(collection: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    with Collection.open(collection, encoder=encoder) as coll:
+        groups = find_duplicates(coll)
+    by_size = sorted(groups, key=lambda g: -len(g.images))
+    cat, coffee = by_size[0], by_size[1]
+    assert set(cat.images) == {"chelsea.jpg", *COPIES}
+    assert cat.keep in {"chelsea.jpg", "same.jpg"}  # the original, or its identical twin
+    assert set(coffee.images) == {"coffee.jpg", "coffee-small.png"} and len(groups) == 2
+    relations = {p.b if p.a == "chelsea.jpg" else p.a: p.relation for p in cat.pairs
+                 if "chelsea.jpg" in (p.a, p.b)}
+    found = {name: relations.get(name) for name in COPIES}
+    assert found == COPIES
+    eye = next(p for p in cat.pairs if "eye.png" in (p.a, p.b) and p.relation == "cropped")
+    assert eye.a == "chelsea.jpg" and eye.box is not None
+    assert all(abs(a - b) <= 12 for a, b in zip(eye.box, (100, 30, 330, 250), strict=True))
+
+
+def test_look_alikes_are_grouped_only_when_asked(collection: Path, encoder  # type: ignore[no-untyped-def]
+                                                 ) -> None:
+    with Collection.open(collection, encoder=encoder) as coll:
+        copies = {i for g in find_duplicates(coll) for i in g.images}
+        alike = find_duplicates(coll, similar=True, min_score=0.3)
+    assert "astronaut.jpg" not in copies  # a look-alike at most, never a copy
+    assert any(p.relation == "similar" for g in alike for p in g.pairs)
+
+
+def test_the_cli_writes_the_json_contract_and_csv(collection: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "pairs.csv"
+    result = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "-c",
+                             str(collection), "--json", "--csv", str(csv)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    groups = json.loads(result.stdout)["groups"]
+    assert {"images", "keep", "pairs"} <= set(groups[0])
+    pair = groups[0]["pairs"][0]
+    assert set(pair) == {"a", "b", "relation", "probability", "box", "evidence"}
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "group,a,b,relation,probability,x0,y0,x1,y1,score,inliers,pixel_error"
+    assert len(lines) == 1 + sum(len(g["pairs"]) for g in groups)
