@@ -170,6 +170,9 @@ class AutoIndex:
     def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.vectors_of(ids)
 
+    def warm(self) -> None:
+        self.inner.warm()
+
     def _restore(self, folder: Path, meta: dict[str, Any], mmap: bool) -> None:
         self.tuning = meta["tuning"]
         self.inner = _create(self.tuning["chosen"], self.dim, self.metric)

@@ -112,6 +112,11 @@ class SegmentedIndex:
         return (np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts]),
                 np.concatenate([np.empty((0, self.dim), np.float32)] + [p[1] for p in parts]))
 
+    def warm(self) -> None:
+        """Read every segment's vectors into the page cache (see `StoredIndex.warm`)."""
+        for segment in list(self._segments):
+            segment.index.warm()
+
     def describe(self) -> dict[str, Any]:
         parts = [s.index.describe() for s in self._segments]
         out: dict[str, Any] = {"spec": self.spec, "metric": self.metric,

@@ -211,7 +211,11 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
     stop = threading.Event()
 
     def follow_commits() -> None:
-        """New commits of an indexer beside the server, picked up off the requests' path."""
+        """The vectors read into the page cache (the first searches then wait for no disk),
+        then new commits of an indexer beside the server, picked up off the requests'
+        path."""
+        with suppress(Exception):  # outside the lock: a refresh meanwhile changes no page
+            coll.index.current().warm()
         while not stop.wait(REFRESH_SECONDS):
             with suppress(Exception):  # a commit being written: the next round gets it
                 coll.index.current()
