@@ -336,10 +336,11 @@ def create_encoder(
     return Encoder(spec, module, runtime, weights_sha)
 
 
-def cached_encoder(described: dict[str, Any]) -> Encoder | None:
+def cached_encoder(described: dict[str, Any], *, spinning: bool = True) -> Encoder | None:
     """The encoder a collection recorded (`Encoder.describe()`), running its cached ONNX
     graph without importing PyTorch; None when that graph is not cached, when the name is
-    not a registered encoder, or on a machine with an NVIDIA GPU (PyTorch runs there)."""
+    not a registered encoder, or on a machine with an NVIDIA GPU (PyTorch runs there).
+    `spinning`: see `OnnxBackend`."""
     name, sha = str(described["name"]), str(described["weights_sha256"])
     path = onnx_path(name, sha)
     if not path.is_file() or os.path.exists("/proc/driver/nvidia/version"):
@@ -348,7 +349,7 @@ def cached_encoder(described: dict[str, Any]) -> Encoder | None:
         spec = get_spec(name)
     except LookalikeError:  # a model folder or timm:NAME: resolving it needs PyTorch
         return None
-    return Encoder(spec, None, OnnxBackend(path), sha)
+    return Encoder(spec, None, OnnxBackend(path, spinning=spinning), sha)
 
 
 def build_module(spec: EncoderSpec, weights: str | Path | None = None) -> nn.Module:

@@ -70,12 +70,18 @@ class TorchBackend:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, *, spinning: bool = True
+                 ) -> None:
+        """`spinning=False` for callers that run at once (a server's threads): the pool's
+        threads then wait instead of spinning, which on two cores measured 280 images/s from
+        two callers against 235 (and 220 against 280 from one caller alone)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]

@@ -40,9 +40,11 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from lookalike.catalog import ImageRecord
 from lookalike.collection import Collection, Hit, Metric
+from lookalike.encoders import cached_encoder
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.folder import image_path
 from lookalike.images import Box, ImageSource, decode, parse_box
+from lookalike.manifest import Manifest
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 VERIFY_LIMIT = 200  # candidates a request may ask to verify (~5-10 ms each)
@@ -50,6 +52,7 @@ SEARCH_SECONDS = 30.0  # a search's time limit
 VERIFY_SECONDS = 120.0  # a verified search's
 QUEUED_A_WORKER = 16  # calls that may wait, per worker, before new ones get a 503
 REFRESH_SECONDS = 1.0  # how often new commits are looked for
+VERIFY_NICENESS = 10  # verified searches yield the cores to plain ones
 T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -61,8 +64,10 @@ class BoundedPool:
     in the pool a new one is refused (503, `Retry-After`) rather than left to wait; a call
     past `seconds` is answered 503 (its thread finishes it, still counted)."""
 
-    def __init__(self, name: str, workers: int, queued: int, seconds: float) -> None:
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    def __init__(self, name: str, workers: int, queued: int, seconds: float, *,
+                 nice: int = 0) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name,
+                                            initializer=_lower_priority, initargs=(nice,))
         self._capacity = workers + queued
         self._in_pool = 0  # changed on the event loop only
         self.seconds = seconds
@@ -86,6 +91,13 @@ class BoundedPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """This thread yields the CPU to the others (Linux schedules threads one by one)."""
+    if nice and hasattr(os, "setpriority"):
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 class BodyLimit:
@@ -197,7 +209,9 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
     """A FastAPI app serving the collection at `collection` (opened now, so a bad path
     fails before a server starts); `workers` search threads (the CPUs by default)."""
     workers = workers or len(os.sched_getaffinity(0))
-    coll = Collection.open(collection)
+    # Requests embed at once: the model's threads wait rather than spin (see OnnxBackend).
+    encoder = cached_encoder(Manifest.read(Path(collection)).encoder, spinning=False)
+    coll = Collection.open(collection, encoder=encoder)
     try:
         coll.encoder  # noqa: B018 (the model loads before the first query, not in it)
         coll.load()
@@ -207,7 +221,7 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
     searches = BoundedPool("lookalike-search", workers, QUEUED_A_WORKER * workers,
                            SEARCH_SECONDS)
     verified = BoundedPool("lookalike-verify", max(1, workers // 2), QUEUED_A_WORKER,
-                           VERIFY_SECONDS)
+                           VERIFY_SECONDS, nice=VERIFY_NICENESS)
     stop = threading.Event()
 
     def follow_commits() -> None:
