@@ -53,7 +53,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory, samples: list[Path], en
         if other.name != "chelsea.jpg":
             shutil.copy(other, folder / other.name)
     Image.open(folder / "coffee.jpg").resize((256, 171)).save(folder / "coffee-small.png")
-    path = folder.parent / "coll"
+    path = tmp_path_factory.mktemp("duplicates") / "coll"
     with Collection.create(path, encoder=encoder, regions="grid") as coll:
         coll.index_folder(folder)
     return path
