@@ -98,3 +98,48 @@ def test_the_cli_writes_the_json_contract_and_csv(collection: Path, tmp_path: Pa
     lines = csv.read_text().splitlines()
     assert lines[0] == "group,a,b,relation,probability,x0,y0,x1,y1,score,inliers,pixel_error"
     assert len(lines) == 1 + sum(len(g["pairs"]) for g in groups)
+
+
+def test_move_to_and_undo_put_every_byte_back(tmp_path: Path, samples: list[Path], encoder  # type: ignore[no-untyped-def]
+                                              ) -> None:
+    import hashlib
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    chelsea = next(p for p in samples if p.name == "chelsea.jpg")
+    shutil.copy(chelsea, folder / "chelsea.jpg")
+    image = Image.open(chelsea).convert("RGB")
+    image.resize((225, 150)).save(folder / "sub" / "small.png")
+    image.save(folder / "sub" / "q30.jpg", quality=30)
+    shutil.copy(samples[0], folder / samples[0].name)  # no copy of it
+    with Collection.create(tmp_path / "coll", encoder=encoder) as coll:
+        coll.index_folder(folder)
+
+    def digests() -> dict[str, str]:
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in folder.rglob("*") if p.is_file()}
+
+    before = digests()
+
+    def lookalike(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "-c",
+                               str(tmp_path / "coll"), "--no-progress", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    inside = lookalike("--move-to", folder / "aside")
+    assert inside.returncode == 2 and "inside the indexed folder" in inside.stderr
+    moved = lookalike("--move-to", tmp_path / "aside")
+    assert moved.returncode == 0, moved.stderr
+    assert set(digests()) == {"chelsea.jpg", samples[0].name}
+    aside = {p.relative_to(tmp_path / "aside").as_posix() for p in
+             (tmp_path / "aside").rglob("*.*") if p.suffix != ".jsonl"}
+    assert aside == {"sub/small.png", "sub/q30.jpg"}
+    with Collection.open(tmp_path / "coll", encoder=encoder) as coll:
+        assert sorted(coll.ids()) == sorted(["chelsea.jpg", samples[0].name])
+
+    log = next((tmp_path / "aside").glob("lookalike-undo-*.jsonl"))
+    undone = lookalike("--undo", log)
+    assert undone.returncode == 0, undone.stderr
+    assert digests() == before  # every file back, byte for byte
+    with Collection.open(tmp_path / "coll", encoder=encoder) as coll:
+        assert sorted(coll.ids()) == sorted(before)

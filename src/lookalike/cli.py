@@ -517,24 +517,49 @@ def serve(collection: Path, host: str, port: int) -> None:
               help="Cosine below which two images are not compared at all.")
 @click.option("--neighbours", type=click.IntRange(1, 100), default=8, show_default=True,
               help="Nearest images each image is compared with.")
+@click.option("--move-to", type=click.Path(path_type=Path), help="Move every image of a "
+              "group but the one to keep into this folder (outside the indexed one), at the "
+              "same relative path, with an undo log there. Nothing is deleted.")
+@click.option("--undo", "undo_log", type=click.Path(path_type=Path),
+              help="Put back what a --move-to moved, from its undo log.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: bool,
-               keep: str, min_score: float, neighbours: int, progress: bool) -> None:
+               keep: str, min_score: float, neighbours: int, move_to: Path | None,
+               undo_log: Path | None, progress: bool) -> None:
     """Find the images of COLLECTION that are copies of one another (the same file, resized,
-    re-encoded, cropped, flipped, rotated, edited) and group them. Nothing is changed."""
+    re-encoded, cropped, flipped, rotated, edited) and group them; with --move-to, move all
+    but one of each group aside (undone by --undo)."""
     from tqdm import tqdm
 
     from lookalike.collection import Collection
-    from lookalike.duplicates import find_duplicates
+    from lookalike.duplicates import find_duplicates, move_copies, undo_moves
 
-    with Collection.open(collection) as coll, tqdm(unit="pair", disable=not progress,
-                                                   desc="comparing") as bar:
+    if undo_log is not None:
+        with Collection.open(collection, upgrade=True) as coll:
+            restored = undo_moves(undo_log)
+            coll.index_paths(restored)
+        click.echo(f"{collection}: put back {len(restored)} file(s)")
+        return
+    if move_to is not None and similar:
+        raise click.UsageError("--move-to moves copies only; leave out --similar")
+    with Collection.open(collection, upgrade=move_to is not None) as coll, tqdm(
+            unit="pair", disable=not progress, desc="comparing") as bar:
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
                                  neighbours=neighbours, min_score=min_score, progress=advance)
+        if move_to is not None:
+            import time
+
+            move_to.mkdir(parents=True, exist_ok=True)
+            log = move_to / f"lookalike-undo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            root = coll.root or coll.path
+            moved = move_copies(groups, root, move_to, log)
+            coll.index_paths(root / p.relative_to(move_to.resolve()) for p in moved)
+            click.echo(f"{collection}: moved {len(moved)} file(s) to {move_to}; to put them "
+                       f"back: lookalike duplicates -c {collection} --undo {log}", err=True)
     if csv_path is not None:
         _write_pairs_csv(csv_path, groups)
     if as_json:

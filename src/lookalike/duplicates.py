@@ -11,13 +11,17 @@ where it lies). A pair none of these confirm is not a copy; with `similar` it is
 `similar` (the same scene, a burst shot). Copies are grouped by union-find, so two crops
 of one photo belong together when the photo or another copy links them.
 
-The pair's `probability` is left empty until it is calibrated on judged pairs.
+The pair's `probability` is left empty until it is calibrated on judged pairs. Clean-up is
+moving, never deleting: `move_copies` moves all but each group's keeper into another
+folder and logs each move first; `undo_moves` replays the log backwards.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ from PIL import Image, ImageOps
 
 from lookalike import verification
 from lookalike.collection import Collection
+from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
 from lookalike.images import Box, ImageError, decode
 
@@ -261,3 +266,58 @@ def _mtime(path: Path) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
+
+
+def move_copies(groups: list[Group], root: Path, to: Path, log: Path) -> list[Path]:
+    """Move every image of each group but its keeper from `root` into `to`, at the same
+    relative path, appending each move to `log` (a JSON line, flushed to disk before the
+    move) so that `undo_moves` can put everything back, even after a crash half-way.
+    Nothing is deleted and nothing overwritten. The moved files' new paths."""
+    root, to = root.resolve(), to.resolve()
+    if to == root or root in to.parents:
+        raise LookalikeError(f"{to}: inside the indexed folder {root}; the copies would be "
+                             "indexed again there; choose a folder outside it")
+    moved: list[Path] = []
+    with open(log, "a", encoding="utf-8") as record:
+        for group in groups:
+            for image_id in group.images:
+                if image_id == group.keep:
+                    continue
+                source = image_path(root, image_id)
+                target = to / source.relative_to(root)
+                if target.exists() or not source.exists():
+                    continue  # moved already, or gone: left as it is
+                record.write(json.dumps({"from": str(source), "to": str(target),
+                                         "keep": group.keep}) + "\n")
+                record.flush()
+                os.fsync(record.fileno())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(source, target)
+                moved.append(target)
+    return moved
+
+
+def undo_moves(log: Path) -> list[Path]:
+    """Put back what `move_copies` moved, as its log records it; a file whose place has
+    been taken meanwhile stays where it is (named in the error). The restored paths."""
+    try:
+        moves = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise LookalikeError(f"{log}: not an undo log of `lookalike duplicates` ({exc})"
+                             ) from None
+    restored, blocked = [], []
+    for move in reversed(moves):
+        source, target = Path(move["to"]), Path(move["from"])
+        if not source.exists():
+            continue  # put back already
+        if target.exists():
+            blocked.append(str(target))
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+        restored.append(target)
+    if blocked:
+        raise LookalikeError(f"{log}: {len(blocked)} file(s) not put back, another file is "
+                             f"where they were: {', '.join(blocked[:3])}")
+    return restored
