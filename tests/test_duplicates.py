@@ -143,3 +143,30 @@ def test_move_to_and_undo_put_every_byte_back(tmp_path: Path, samples: list[Path
     assert digests() == before  # every file back, byte for byte
     with Collection.open(tmp_path / "coll", encoder=encoder) as coll:
         assert sorted(coll.ids()) == sorted(before)
+
+
+def test_the_api_says_whether_an_image_is_already_there_and_as_what(
+        collection: Path, samples: list[Path]) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    chelsea = Image.open(next(p for p in samples if p.name == "chelsea.jpg")).convert("RGB")
+    upload = io.BytesIO()
+    ImageOps.mirror(chelsea).save(upload, "PNG")
+    with TestClient(create_app(collection)) as client:
+        copies = client.post("/api/duplicates", files={
+            "image": ("new.png", upload.getvalue(), "image/png")}).json()["copies"]
+        assert {"a": "new.png", "b": "chelsea.jpg", "relation": "flipped"}.items() <= next(
+            c for c in copies if "chelsea.jpg" in (c["a"], c["b"])).items()
+        eye = client.post("/api/duplicates", data={"like": "eye.png"}).json()["copies"]
+        source = next(c for c in eye if c["a"] == "chelsea.jpg")
+        assert source["b"] == "eye.png" and source["relation"] == "cropped" and source["box"]
+        unrelated = io.BytesIO()
+        Image.new("RGB", (300, 200), (20, 120, 200)).save(unrelated, "PNG")
+        answer = client.post("/api/duplicates", files={
+            "image": ("sky.png", unrelated.getvalue(), "image/png")})
+        assert answer.status_code == 200 and answer.json()["copies"] == []
+        assert client.post("/api/duplicates", data={"like": "gone.jpg"}).status_code == 404

@@ -19,6 +19,7 @@ folder and logs each move first; `undo_moves` replays the log backwards.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from lookalike import verification
 from lookalike.collection import Collection
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
-from lookalike.images import Box, ImageError, decode
+from lookalike.images import Box, ImageError, ImageSource, decode
 
 Keep = Literal["largest", "oldest", "newest", "shortest-path"]
 KEEP: tuple[Keep, ...] = ("largest", "oldest", "newest", "shortest-path")
@@ -78,14 +79,14 @@ class Group:
 
 
 class _Picture:
-    """An indexed image's decoded pixels and keypoints, made when first asked for."""
+    """An image's decoded pixels and keypoints, made when first asked for."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
 
     @functools.cached_property
     def image(self) -> Image.Image:
-        return decode(self.path).image.convert("RGB")
+        return decode(self.source).image.convert("RGB")
 
     @functools.cached_property
     def small(self) -> np.ndarray:
@@ -160,6 +161,41 @@ def _whole(box: Box, size: tuple[int, int]) -> bool:
     """The box covers (nearly) the whole picture."""
     x0, y0, x1, y1 = box
     return (x1 - x0) * (y1 - y0) >= WHOLE_FRAME * size[0] * size[1]
+
+
+def copies_of(coll: Collection, image: ImageSource | None = None, *, like: str | None = None,
+              name: str = "query", neighbours: int = NEIGHBOURS,
+              min_score: float = MIN_SCORE) -> list[CopyPair]:
+    """Is this image (or this indexed id) already in the collection, and as what? Its
+    copies among its nearest neighbours, the query named `name` (or by its id) in them."""
+    if (image is None) == (like is None):
+        raise LookalikeError("give either an image or an indexed id")
+    root = coll.root or coll.path
+    if like is not None:
+        record = coll.catalog.image(like)
+        if record is None:
+            raise LookalikeError(f"{like}: no such id in the collection")
+        query, name, sha = _Picture(image_path(root, like)), like, record.sha256
+        hits = coll.search(like=like, k=neighbours)
+    else:
+        assert image is not None
+        query = _Picture(image)
+        sha = hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else ""
+        hits = coll.search(image, k=neighbours)
+    pairs = []
+    for hit in hits:
+        if hit.score < min_score:
+            break
+        record = coll.catalog.image(hit.id)
+        try:
+            pair = classify(query, _Picture(image_path(root, hit.id)), score=hit.score,
+                            same_bytes=record is not None and record.sha256 == sha,
+                            a_id=name, b_id=hit.id)
+        except (ImageError, OSError):
+            continue
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
 
 
 class _UnionFind:

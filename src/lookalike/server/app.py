@@ -4,6 +4,8 @@
     GET  /api/info              the collection: images, encoder, index, regions
     POST /api/search            form fields: image (a file) or like (an indexed id), crop
                                 ("X0,Y0,X1,Y1"), k, verify, metric -> {"hits": [...]}
+    POST /api/duplicates        image or like -> {"copies": [...]}: is it already there, and
+                                as what (pairs as `lookalike duplicates --json` writes them)
     GET  /api/images/{id}       an indexed image as a JPEG, at most `size` px a side (the id
                                 percent-encoded: a file name may hold any character)
 
@@ -315,6 +317,33 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
         except ImageError as exc:  # named after the upload, not "<123 bytes>"
             raise HTTPException(400, f"{name}: {exc.reason}") from None
         return {"hits": hits, "seconds": round(time.perf_counter() - start, 4)}
+
+    @app.post("/api/duplicates")
+    async def duplicates(
+        image: Annotated[UploadFile | None, File(description="the image to look for")] = None,
+        like: Annotated[str | None, Form(description="or an indexed id")] = None,
+    ) -> dict[str, Any]:
+        """Is this image already in the collection, and as what (identical, resized,
+        cropped...)? Its copies, each pair as `lookalike duplicates --json` writes it."""
+        from lookalike.duplicates import copies_of
+
+        if (image is None) == (like is None):
+            raise HTTPException(400, "give either an image file or an indexed id (like)")
+        name = like or (image.filename if image is not None else None) or "the upload"
+        data = await image.read(MAX_UPLOAD_BYTES + 1) if image is not None else None
+        if data is not None and len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES >> 20} MiB "
+                                "upload limit")
+
+        def find() -> list[dict[str, Any]]:
+            if like is not None:
+                _indexed_path(coll, like)  # 404 for an unknown id
+            return [p.to_dict() for p in copies_of(coll, data, like=like, name=name)]
+
+        try:
+            return {"copies": await verified.run(find)}
+        except ImageError as exc:
+            raise HTTPException(400, f"{name}: {exc.reason}") from None
 
     @app.api_route("/api/images/{image_id:lookalike_any}", methods=["GET", "HEAD"])
     async def indexed_image(image_id: str, size: Annotated[int, Query(ge=16, le=2048)] = 320
