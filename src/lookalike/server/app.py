@@ -210,7 +210,8 @@ def run_server(app: FastAPI, sock: socket.socket) -> None:
 def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI:
     """A FastAPI app serving the collection at `collection` (opened now, so a bad path
     fails before a server starts); `workers` search threads (the CPUs by default)."""
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 2)
     # Requests embed at once: the model's threads wait rather than spin (see OnnxBackend).
     encoder = cached_encoder(Manifest.read(Path(collection)).encoder, spinning=False)
     coll = Collection.open(collection, encoder=encoder)
@@ -243,7 +244,7 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
         follower.start()
         yield
         stop.set()
-        follower.join()
+        follower.join(timeout=5)  # a warm-up still reading a large index is left behind
         searches.shutdown()
         verified.shutdown()
         coll.close()
