@@ -296,3 +296,39 @@ def test_the_listening_socket_is_tcp_so_responses_are_not_held_back() -> None:
         accepted, _ = sock.accept()
         with client, accepted:
             assert accepted.proto == socket.IPPROTO_TCP
+
+
+def test_parallel_searches_while_a_writer_commits_all_succeed(
+        coll_path: Path, photo_dir: Path, samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
+    """Searches on every worker thread while another process-like writer adds and removes
+    images: each answers 200 with hits that exist, and the last commit is found."""
+    import threading
+
+    errors: list[str] = []
+    stop = threading.Event()
+    with TestClient(create_app(coll_path, workers=4)) as client:
+        def searching() -> None:
+            while not stop.is_set():
+                answer = client.post("/api/search", data={"like": "chelsea.jpg", "k": "4"})
+                if answer.status_code != 200 or not answer.json()["hits"]:
+                    errors.append(f"{answer.status_code} {answer.text[:100]}")
+
+        threads = [threading.Thread(target=searching) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        with Collection.open(coll_path, encoder=encoder) as writer:
+            for round_ in range(4):  # add one image, remove it again, add it back
+                extra = photo_dir / f"extra-{round_}.jpg"
+                shutil.copy(samples[6 + round_ % 3], extra)
+                writer.index_folder(photo_dir)
+                if round_ % 2:
+                    extra.unlink()
+                    writer.index_folder(photo_dir)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        found = {h["id"] for h in client.post("/api/search", data={
+            "like": "chelsea.jpg", "k": "20"}).json()["hits"]}
+        with Collection.open(coll_path, encoder=encoder) as coll:
+            assert found == set(coll.ids()) - {"chelsea.jpg"}
