@@ -248,7 +248,9 @@ class StoredIndex:
         """Top-k among the `usable` rows (live, and allowed when a filter is given)."""
         rows, scores = self._exact_pending(queries, k, usable)
         if self._built:
-            live_built = int(usable[:self._built].sum())
+            live_built = (self._live - int(usable[self._built:].sum())  # no pass over
+                          if usable is self._alive  # every row when nothing is filtered
+                          else int(usable[:self._built].sum()))
             fetch = min(self._built, self._shortlist(k, settings))
             fetch = min(self._built, int(fetch * self._built / max(1, live_built)) + 1)
             while True:
