@@ -85,10 +85,12 @@ def test_look_alikes_are_grouped_only_when_asked(collection: Path, encoder  # ty
     assert any(p.relation == "similar" for g in alike for p in g.pairs)
 
 
-def test_the_cli_writes_the_json_contract_and_csv(collection: Path, tmp_path: Path) -> None:
+def test_the_cli_writes_the_json_contract_csv_and_a_review_page(collection: Path,
+                                                               tmp_path: Path) -> None:
     csv = tmp_path / "pairs.csv"
     result = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "-c",
-                             str(collection), "--json", "--csv", str(csv)],
+                             str(collection), "--json", "--csv", str(csv), "--html",
+                             str(tmp_path / "review")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     groups = json.loads(result.stdout)["groups"]
@@ -98,6 +100,27 @@ def test_the_cli_writes_the_json_contract_and_csv(collection: Path, tmp_path: Pa
     lines = csv.read_text().splitlines()
     assert lines[0] == "group,a,b,relation,probability,x0,y0,x1,y1,score,inliers,pixel_error"
     assert len(lines) == 1 + sum(len(g["pairs"]) for g in groups)
+    _review_page_shows_every_image(tmp_path / "review" / "index.html",
+                                   sum(len(g["images"]) for g in groups))
+
+
+def _review_page_shows_every_image(page: Path, images: int) -> None:
+    """In Chromium when there is one: a figure an image, every thumbnail decoded."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    text = page.read_text()
+    assert text.count("<figure>") == images and "cropped (of " in text
+    if chromium is None:
+        return
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--headless", "--no-sandbox"])
+        view = browser.new_page()
+        view.goto(page.as_uri())
+        widths = view.eval_on_selector_all("figure img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) == images and min(widths) > 0
+        browser.close()
 
 
 def test_move_to_and_undo_put_every_byte_back(tmp_path: Path, samples: list[Path], encoder  # type: ignore[no-untyped-def]

@@ -522,17 +522,19 @@ def serve(collection: Path, host: str, port: int) -> None:
               "same relative path, with an undo log there. Nothing is deleted.")
 @click.option("--undo", "undo_log", type=click.Path(path_type=Path),
               help="Put back what a --move-to moved, from its undo log.")
+@click.option("--html", "html_dir", type=click.Path(path_type=Path),
+              help="Write a review page, DIR/index.html: each group side by side.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: bool,
                keep: str, min_score: float, neighbours: int, move_to: Path | None,
-               undo_log: Path | None, progress: bool) -> None:
+               undo_log: Path | None, html_dir: Path | None, progress: bool) -> None:
     """Find the images of COLLECTION that are copies of one another (the same file, resized,
     re-encoded, cropped, flipped, rotated, edited) and group them; with --move-to, move all
     but one of each group aside (undone by --undo)."""
     from tqdm import tqdm
 
     from lookalike.collection import Collection
-    from lookalike.duplicates import find_duplicates, move_copies, undo_moves
+    from lookalike.duplicates import find_duplicates, move_copies, undo_moves, write_review_page
 
     if undo_log is not None:
         with Collection.open(collection, upgrade=True) as coll:
@@ -550,6 +552,9 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
 
         groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
                                  neighbours=neighbours, min_score=min_score, progress=advance)
+        if html_dir is not None:  # before any move: it shows the files where they are
+            page = write_review_page(groups, coll.root or coll.path, html_dir)
+            click.echo(f"review page: {page}", err=True)
         if move_to is not None:
             import time
 

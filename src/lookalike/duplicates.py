@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -32,10 +33,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lookalike import verification
+from lookalike.atomic import atomic_write
 from lookalike.collection import Collection
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
-from lookalike.images import Box, ImageError, ImageSource, decode
+from lookalike.images import Box, ImageError, ImageSource, decode, thumbnail_uri
 
 Keep = Literal["largest", "oldest", "newest", "shortest-path"]
 KEEP: tuple[Keep, ...] = ("largest", "oldest", "newest", "shortest-path")
@@ -357,3 +359,55 @@ def undo_moves(log: Path) -> list[Path]:
         raise LookalikeError(f"{log}: {len(blocked)} file(s) not put back, another file is "
                              f"where they were: {', '.join(blocked[:3])}")
     return restored
+
+
+SHOWN_GROUPS = 500  # a review page holds at most this many groups (the largest first)
+
+
+def write_review_page(groups: list[Group], root: Path, out: Path) -> Path:
+    """`out/index.html`: each group side by side, the image to keep first, every other with
+    how it derives from another (and, for a crop, the box where it lies in its source,
+    drawn on the source). Self-contained: thumbnails are inline."""
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for number, group in enumerate(groups[:SHOWN_GROUPS], start=1):
+        cards = []
+        for image_id in sorted(group.images, key=lambda i: i != group.keep):
+            links = [p for p in group.pairs if image_id in (p.a, p.b)]
+            pair = next((p for p in links if group.keep in (p.a, p.b)), links[0] if links
+                        else None)
+            box = next((p.box for p in group.pairs if p.a == image_id and p.box), None)
+            try:
+                thumb = thumbnail_uri(decode(image_path(root, image_id)).image, box, size=220)
+            except ImageError:
+                thumb = ""
+            if image_id == group.keep:
+                caption = "keep"
+            elif pair is None:
+                caption = ""
+            else:
+                other = pair.a if pair.b == image_id else pair.b
+                caption = f"{pair.relation} ({'of' if pair.b == image_id else 'source of'} " \
+                          f"{other})"
+            cards.append(f'<figure><img src="{thumb}" alt="{html.escape(image_id)}">'
+                         f"<figcaption><b>{html.escape(image_id)}</b><br>"
+                         f"{html.escape(caption)}</figcaption></figure>")
+        sections.append(f"<section><h2>Group {number}: {len(group.images)} images</h2>"
+                        f"<div class=row>{''.join(cards)}</div></section>")
+    more = (f"<p>{len(groups) - SHOWN_GROUPS} more groups are in the JSON output.</p>"
+            if len(groups) > SHOWN_GROUPS else "")
+    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
+<meta name=viewport content="width=device-width, initial-scale=1">
+<title>lookalike: duplicates</title><style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #1d1d1d; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+figure {{ margin: 0; width: 220px; }} img {{ max-width: 220px; max-height: 220px; }}
+figcaption {{ overflow-wrap: anywhere; }} h2 {{ font-size: 16px; }}
+</style></head><body><h1>Duplicates: {len(groups)} groups</h1>
+<p>The image to keep comes first; the others say how they derive from another image of the
+group. Crops are outlined in red on their source.</p>{''.join(sections)}{more}</body></html>
+"""
+    path = out / "index.html"
+    with atomic_write(path) as fh:
+        fh.write(page)
+    return path
