@@ -219,14 +219,18 @@ def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
                     min_score: float = MIN_SCORE, chunk: int = 512
                     ) -> Iterator[tuple[str, str, float]]:
     """Each unordered pair of images of which one is among the other's `neighbours` nearest
-    (whole images and regions) with a cosine of at least `min_score`, once, best first per
-    image; the queries a chunk at a time, so memory stays bounded."""
-    ids = coll.ids()
+    (whole images and regions) with a cosine of at least `min_score`, once. The whole-image
+    vectors are read from the index a chunk at a time, in the order they are stored, so
+    memory stays bounded and no vector is looked up alone."""
     seen: set[tuple[str, str]] = set()
-    for start in range(0, len(ids), chunk):
-        batch = ids[start:start + chunk]
-        queries = np.stack([coll.image_vectors(i)[0].vector for i in batch])
-        found = coll.search_vectors(queries, k=neighbours,
+    for vids, vectors in coll.index.current().live_chunks(chunk):
+        owners = coll.catalog.vector_owners(vids)
+        whole = [i for i, vid in enumerate(vids.tolist())
+                 if vid in owners and not owners[vid].is_region]
+        if not whole:
+            continue
+        batch = [owners[int(vids[i])].image_id for i in whole]
+        found = coll.search_vectors(np.asarray(vectors[whole]), k=neighbours,
                                     exclude=[{image_id} for image_id in batch])
         for image_id, hits in zip(batch, found, strict=True):
             for hit in hits:
