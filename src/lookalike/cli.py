@@ -561,8 +561,9 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
             move_to.mkdir(parents=True, exist_ok=True)
             log = move_to / f"lookalike-undo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
             root = coll.root or coll.path
-            moved = move_copies(groups, root, move_to, log)
-            coll.index_paths(root / p.relative_to(move_to.resolve()) for p in moved)
+            with coll.writing():  # taken before anything moves: another writer stops it
+                moved = move_copies(groups, root, move_to, log)
+                coll.index_paths(root / p.relative_to(move_to.resolve()) for p in moved)
             click.echo(f"{collection}: moved {len(moved)} file(s) to {move_to}; to put them "
                        f"back: lookalike duplicates -c {collection} --undo {log}", err=True)
     if csv_path is not None:
