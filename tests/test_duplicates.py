@@ -193,3 +193,29 @@ def test_the_api_says_whether_an_image_is_already_there_and_as_what(
             "image": ("sky.png", unrelated.getvalue(), "image/png")})
         assert answer.status_code == 200 and answer.json()["copies"] == []
         assert client.post("/api/duplicates", data={"like": "gone.jpg"}).status_code == 404
+
+
+def test_new_lists_only_the_copies_of_images_indexed_since_the_last_run(
+        tmp_path: Path, samples: list[Path], encoder) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(next(p for p in samples if p.name == name), folder / name)
+    Image.open(folder / "chelsea.jpg").save(folder / "chelsea-q30.jpg", quality=30)
+    with Collection.create(tmp_path / "coll", encoder=encoder) as coll:
+        coll.index_folder(folder)
+
+    def groups(*args: str) -> list[dict]:  # type: ignore[type-arg]
+        result = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "-c",
+                                 str(tmp_path / "coll"), "--json", "--no-progress", *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout)["groups"])
+
+    assert [set(g["images"]) for g in groups()] == [{"chelsea.jpg", "chelsea-q30.jpg"}]
+    Image.open(folder / "coffee.jpg").resize((200, 133)).save(folder / "coffee-small.png")
+    with Collection.open(tmp_path / "coll", encoder=encoder) as coll:
+        coll.index_paths([folder / "coffee-small.png"])
+    assert [set(g["images"]) for g in groups("--new")] == [{"coffee.jpg", "coffee-small.png"}]
+    assert groups("--new") == []  # nothing indexed since
+    assert len(groups()) == 2  # a full run still sees them all

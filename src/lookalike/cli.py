@@ -524,17 +524,27 @@ def serve(collection: Path, host: str, port: int) -> None:
               help="Put back what a --move-to moved, from its undo log.")
 @click.option("--html", "html_dir", type=click.Path(path_type=Path),
               help="Write a review page, DIR/index.html: each group side by side.")
+@click.option("--new", "only_new", is_flag=True,
+              help="Only the copies of images indexed since the last `duplicates` run.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: bool,
                keep: str, min_score: float, neighbours: int, move_to: Path | None,
-               undo_log: Path | None, html_dir: Path | None, progress: bool) -> None:
+               undo_log: Path | None, html_dir: Path | None, only_new: bool, progress: bool
+               ) -> None:
     """Find the images of COLLECTION that are copies of one another (the same file, resized,
     re-encoded, cropped, flipped, rotated, edited) and group them; with --move-to, move all
     but one of each group aside (undone by --undo)."""
     from tqdm import tqdm
 
     from lookalike.collection import Collection
-    from lookalike.duplicates import find_duplicates, move_copies, undo_moves, write_review_page
+    from lookalike.duplicates import (
+        find_duplicates,
+        last_checked,
+        mark_checked,
+        move_copies,
+        undo_moves,
+        write_review_page,
+    )
 
     if undo_log is not None:
         with Collection.open(collection, upgrade=True) as coll:
@@ -551,7 +561,13 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
             bar.update(done - bar.n)
 
         groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
-                                 neighbours=neighbours, min_score=min_score, progress=advance)
+                                 neighbours=neighbours, min_score=min_score, progress=advance,
+                                 after=last_checked(coll) if only_new else 0)
+        try:
+            mark_checked(coll)
+        except OSError as exc:  # a collection this user may only read: --new cannot follow
+            click.echo(f"note: {exc.filename}: {exc.strerror}; --new will see these again",
+                       err=True)
         if html_dir is not None:  # before any move: it shows the files where they are
             page = write_review_page(groups, coll.root or coll.path, html_dir)
             click.echo(f"review page: {page}", err=True)

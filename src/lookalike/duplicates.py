@@ -200,6 +200,23 @@ def copies_of(coll: Collection, image: ImageSource | None = None, *, like: str |
     return pairs
 
 
+CHECKED = "duplicates.json"  # in the collection's folder: how far the last run looked
+
+
+def last_checked(coll: Collection) -> int:
+    """The last vector id a `duplicates` run had seen (0: none ran)."""
+    try:
+        return int(json.loads((coll.path / CHECKED).read_text())["last_vid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def mark_checked(coll: Collection) -> None:
+    """Record that every image indexed so far has been looked at (for `--new`)."""
+    with atomic_write(coll.path / CHECKED) as fh:
+        json.dump({"last_vid": coll.catalog.sync_point().last_vid}, fh)
+
+
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -216,15 +233,18 @@ class _UnionFind:
 
 
 def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
-                    min_score: float = MIN_SCORE, chunk: int = 512
+                    min_score: float = MIN_SCORE, after: int = 0, chunk: int = 512
                     ) -> Iterator[tuple[str, str, float]]:
     """Each unordered pair of images of which one is among the other's `neighbours` nearest
-    (whole images and regions) with a cosine of at least `min_score`, once. The whole-image
-    vectors are read from the index a chunk at a time, in the order they are stored, so
-    memory stays bounded and no vector is looked up alone."""
+    (whole images and regions) with a cosine of at least `min_score`, once; with `after`
+    (a vector id), only the pairs of images indexed since. The whole-image vectors are read
+    from the index a chunk at a time, in the order they are stored, so memory stays bounded
+    and no vector is looked up alone."""
     seen: set[tuple[str, str]] = set()
     for vids, vectors in coll.index.current().live_chunks(chunk):
-        owners = coll.catalog.vector_owners(vids)
+        if after and int(vids.max()) <= after:
+            continue
+        owners = coll.catalog.vector_owners(vids[vids > after])
         whole = [i for i, vid in enumerate(vids.tolist())
                  if vid in owners and not owners[vid].is_region]
         if not whole:
@@ -242,9 +262,11 @@ def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
 
 def find_duplicates(coll: Collection, *, similar: bool = False, keep: Keep = "largest",
                     neighbours: int = NEIGHBOURS, min_score: float = MIN_SCORE,
-                    progress: Callable[[int, int], None] | None = None) -> list[Group]:
+                    after: int = 0, progress: Callable[[int, int], None] | None = None
+                    ) -> list[Group]:
     """Groups of images that derive from one original (with `similar`, also of images of
-    the same scene), each with the image to keep and the pairs that link it."""
+    the same scene), each with the image to keep and the pairs that link it; with `after`
+    (a vector id, see `last_checked`), only the copies of images indexed since."""
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     root = coll.root or coll.path
@@ -259,7 +281,8 @@ def find_duplicates(coll: Collection, *, similar: bool = False, keep: Keep = "la
 
     records = {i: r for i, r in coll.catalog.images().items() if r.status == "ok"}
     pairs: list[CopyPair] = []
-    candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score))
+    candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
+                                      after=after))
     for done, (x, y, score) in enumerate(candidates, start=1):
         try:
             pair = classify(picture(x), picture(y), same_bytes=records[x].sha256
