@@ -121,6 +121,21 @@ def test_upload_drag_a_box_and_click_a_result(page: sync_api.Page, photo_dir: Pa
     assert page.locator("#error").inner_text() == ""
 
 
+def test_is_it_already_in_the_collection(page: sync_api.Page, photo_dir: Path) -> None:
+    from PIL import Image
+
+    page.set_input_files("#file", photo_dir / "chelsea.jpg")
+    sync_api.expect(page.locator("#status")).to_contain_text("10 results")
+    page.click("#copies-check")
+    sync_api.expect(page.locator("#copies")).to_contain_text("the same file as chelsea.jpg")
+    Image.open(photo_dir / "coffee.jpg").crop((100, 50, 350, 250)).save(
+        photo_dir / "part.png")
+    page.set_input_files("#file", photo_dir / "part.png")
+    page.click("#copies-check")
+    sync_api.expect(page.locator("#copies")).to_contain_text("a part of coffee.jpg (at ")
+    snap(page, "copies")
+
+
 def test_keyboard_alone_opens_results_and_sets_a_box(page: sync_api.Page,
                                                     photo_dir: Path) -> None:
     status = page.locator("#status")
