@@ -135,3 +135,50 @@ def test_revisited_ground_truth(tmp_path: Path) -> None:
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps({"imlist": Sneaky()}))
     with pytest.raises(LookalikeError, match=r"bad.pkl: not a revisited .*builtins.print"):
         revisited_judgements(jpg, tmp_path / "bad.pkl", tmp_path / "b")
+
+
+def test_copies_set_has_every_copy_kind_and_leaves_out_variants_and_patterns(
+        tmp_path: Path) -> None:
+    """Two photos of noise (9 tiles each); a recoloured variant of one and a tiled pattern
+    must add no tile, since their tiles would be copies the truth does not know."""
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from lookalike.copy_truth import read_truth
+    from lookalike.datasets.copies import FAMILIES, build_copies
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+
+    def noise(height: int, width: int) -> Image.Image:
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+    first = noise(1200, 1600)
+    first.save(photos / "first.png")
+    noise(1200, 1600).save(photos / "second.png")
+    recoloured = np.asarray(first)[:, :, ::-1] * 0.8
+    Image.fromarray(recoloured.astype(np.uint8)).save(photos / "first_recoloured.png")
+    patch = np.asarray(noise(160, 160))
+    Image.fromarray(np.tile(patch, (8, 10, 1))).save(photos / "pattern.png")
+
+    out = build_copies(tmp_path / "set", db_size=0, queries=100, folders=(photos,))
+    truth = read_truth(out / "groups.csv")
+    groups = {g for g in truth.group.values() if g is not None}
+    assert len(groups) == 18  # the two noise photos' tiles, nothing from the others
+    assert len(truth.group) == 18 * (1 + len(FAMILIES))
+    assert all((out / "database" / image).stat().st_size > 0 for image in truth.group)
+    group = next(iter(groups))
+    members = {truth.family[i]: i for i, g in truth.group.items() if g == group}
+    assert set(members) == {"original", *FAMILIES}
+    folder = out / "database"
+    original = (folder / members["original"]).read_bytes()
+    assert (folder / members["identical"]).read_bytes() == original
+    sizes = {family: Image.open(folder / image).size for family, image in members.items()}
+    assert sizes["original"] == (640, 480) and sizes["resized"] == (320, 240)
+    assert sizes["rotated"] == (480, 640) and sizes["crop25-blur-text"] == (320, 240)
+    with_distractors = build_copies(tmp_path / "more", db_size=18 * 11, queries=9,
+                                    folders=(photos,))
+    again = read_truth(with_distractors / "groups.csv")
+    assert sum(g is None for g in again.group.values()) == 9  # the tiles left over

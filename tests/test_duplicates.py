@@ -97,8 +97,10 @@ def test_the_cli_writes_the_json_contract_csv_and_a_review_page(collection: Path
     assert {"images", "keep", "pairs"} <= set(groups[0])
     pair = groups[0]["pairs"][0]
     assert set(pair) == {"a", "b", "relation", "probability", "box", "evidence"}
+    assert all(0.5 <= p["probability"] <= 1 for g in groups for p in g["pairs"])
     lines = csv.read_text().splitlines()
-    assert lines[0] == "group,a,b,relation,probability,x0,y0,x1,y1,score,inliers,pixel_error"
+    assert lines[0] == ("group,a,b,relation,probability,x0,y0,x1,y1,score,inliers,"
+                        "pixel_error,agreement")
     assert len(lines) == 1 + sum(len(g["pairs"]) for g in groups)
     _review_page_shows_every_image(tmp_path / "review" / "index.html",
                                    sum(len(g["images"]) for g in groups))
@@ -219,3 +221,26 @@ def test_new_lists_only_the_copies_of_images_indexed_since_the_last_run(
     assert [set(g["images"]) for g in groups("--new")] == [{"coffee.jpg", "coffee-small.png"}]
     assert groups("--new") == []  # nothing indexed since
     assert len(groups()) == 2  # a full run still sees them all
+
+
+def test_index_says_how_many_new_images_have_a_plain_copy(tmp_path: Path, samples: list[Path]
+                                                          ) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(next(p for p in samples if p.name == name), folder / name)
+
+    def index() -> str:
+        result = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(folder),
+                                 "-c", str(tmp_path / "coll"), "--no-progress"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "have a copy" not in index()
+    chelsea = Image.open(folder / "chelsea.jpg")
+    chelsea.resize((225, 150)).save(folder / "half.png")
+    ImageOps.mirror(chelsea).save(folder / "mirror.jpg", quality=80)
+    chelsea.crop((100, 30, 330, 250)).save(folder / "eye.png")  # a crop: not a plain copy
+    shutil.copy(folder / "coffee.jpg", folder / "coffee-again.jpg")
+    assert "3 of the images indexed now have a copy in the collection" in index()

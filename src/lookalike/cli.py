@@ -10,12 +10,16 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lookalike.errors import LookalikeError
 from lookalike.images import Box, parse_box
+
+if TYPE_CHECKING:  # imported where used: `lookalike --help` starts fast
+    from lookalike.collection import Collection
+    from lookalike.folder_sync import IndexReport
 
 
 def _crop(ctx: click.Context, param: click.Parameter, value: str | None) -> Box | None:
@@ -111,12 +115,14 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
 
                 embed_with = RayEncoder(coll.encoder, actors=ray_actors,
                                         address=None if ray_address == "local" else ray_address)
+            before = coll.catalog.sync_point().last_vid
             report = coll.index_folder(folder, batch_size=batch_size, progress=progress,
                                        embed_with=embed_with)
             for image_id, reason in report.failed.items():
                 click.echo(f"skipped {shown(image_id)}: {reason}", err=True)
             _echo_skipped(report.skipped)
             click.echo(f"{collection}: {report.summary()}")
+            _echo_copies(coll, report, before)
         if reindex_spec is not None:
             coll.reindex(reindex_spec)
         info = coll.index_info()
@@ -144,11 +150,31 @@ def update(paths: tuple[Path, ...], collection: Path, progress: bool, wait: bool
             coll.writing(wait=wait):
         if coll.upgraded:
             click.echo(coll.upgraded, err=True)
+        before = coll.catalog.sync_point().last_vid
         report = coll.index_paths(paths, progress=progress)
         for image_id, reason in report.failed.items():
             click.echo(f"skipped {shown(image_id)}: {reason}", err=True)
         _echo_skipped(report.skipped)
         click.echo(f"{collection}: {report.summary()}")
+        _echo_copies(coll, report, before)
+
+
+def _echo_copies(coll: Collection, report: IndexReport, before: int) -> None:
+    """How many of the images just indexed are plain copies of others (cheap to tell: the
+    same file or picture at another size, compression or orientation)."""
+    from lookalike.duplicates import plain_copies
+
+    new = {*report.added, *report.updated, *report.renamed}
+    if not new:
+        return
+    copies = {i for pair in plain_copies(coll, after=before) for i in (pair.a, pair.b)
+              if i in new}
+    if copies:
+        click.echo(f"{len(copies)} of the images indexed now have a copy in the collection "
+                   "(the same file, or the same picture resized, re-encoded, mirrored or "
+                   "turned); "
+                   f"`lookalike duplicates -c {coll.path} --new` lists them, with crops and "
+                   "edits")
 
 
 def _echo_skipped(skipped: dict[str, str]) -> None:
@@ -513,10 +539,18 @@ def serve(collection: Path, host: str, port: int) -> None:
               "not copies (burst shots, the same place from elsewhere).")
 @click.option("--keep", type=click.Choice(["largest", "oldest", "newest", "shortest-path"]),
               default="largest", show_default=True, help="Which image of a group to keep.")
+@click.option("--min-probability", type=click.FloatRange(0, 1), default=0.95,
+              show_default=True, help="Report a pair as a copy when the calibrated "
+              "probability that it is one is at least this (lower: more crops and edits "
+              "found, more wrong links).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Cosine below which two images are not compared at all.")
 @click.option("--neighbours", type=click.IntRange(1, 100), default=8, show_default=True,
               help="Nearest images each image is compared with.")
+@click.option("--fit-probability", "truth_path", type=click.Path(path_type=Path),
+              help="Fit the copy probability on judged groups (a CSV with columns "
+              "image,group, as `lookalike dataset copies` writes) and keep it in the "
+              "collection; prints how well it held up on held-out groups.")
 @click.option("--move-to", type=click.Path(path_type=Path), help="Move every image of a "
               "group but the one to keep into this folder (outside the indexed one), at the "
               "same relative path, with an undo log there. Nothing is deleted.")
@@ -528,9 +562,9 @@ def serve(collection: Path, host: str, port: int) -> None:
               help="Only the copies of images indexed since the last `duplicates` run.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: bool,
-               keep: str, min_score: float, neighbours: int, move_to: Path | None,
-               undo_log: Path | None, html_dir: Path | None, only_new: bool, progress: bool
-               ) -> None:
+               keep: str, min_probability: float, min_score: float, neighbours: int,
+               truth_path: Path | None, move_to: Path | None, undo_log: Path | None,
+               html_dir: Path | None, only_new: bool, progress: bool) -> None:
     """Find the images of COLLECTION that are copies of one another (the same file, resized,
     re-encoded, cropped, flipped, rotated, edited) and group them; with --move-to, move all
     but one of each group aside (undone by --undo)."""
@@ -554,6 +588,10 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
         return
     if move_to is not None and similar:
         raise click.UsageError("--move-to moves copies only; leave out --similar")
+    if truth_path is not None:
+        _fit_copy_probability(collection, truth_path, min_probability, neighbours, min_score,
+                              progress)
+        return
     with Collection.open(collection, upgrade=move_to is not None) as coll, tqdm(
             unit="pair", disable=not progress, desc="comparing") as bar:
         def advance(done: int, total: int) -> None:
@@ -561,7 +599,8 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
             bar.update(done - bar.n)
 
         groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
-                                 neighbours=neighbours, min_score=min_score, progress=advance,
+                                 min_probability=min_probability, neighbours=neighbours,
+                                 min_score=min_score, progress=advance,
                                  after=last_checked(coll) if only_new else 0)
         try:
             mark_checked(coll)
@@ -606,20 +645,55 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
                f"{sum(len(g.images) - 1 for g in groups)} images that could go", err=True)
 
 
+def _fit_copy_probability(collection: Path, truth_path: Path, min_probability: float,
+                          neighbours: int, min_score: float, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from lookalike.collection import Collection
+    from lookalike.copy_probability import FILE
+    from lookalike.copy_truth import linked, quality, read_truth
+    from lookalike.duplicates import examine, fit_probability
+
+    truth = read_truth(truth_path)
+    with Collection.open(collection) as coll, tqdm(unit="pair", disable=not progress,
+                                                   desc="comparing") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        examined = examine(coll, neighbours=neighbours, min_score=min_score, progress=advance)
+        fitted = fit_probability(examined, truth, fitted_on=str(truth_path.resolve()))
+        fitted.model.save(coll.path / FILE)
+    reported = [(p.a, p.b) for p, chance in zip(fitted.judged, fitted.held_out, strict=True)
+                if chance >= min_probability and p.relation != "similar"]
+    held = quality(linked(reported), truth)
+    click.echo(f"{collection}: copy probability fitted on {len(fitted.judged)} judged pairs "
+               f"({int(fitted.is_copy.sum())} copies); on held-out groups:")
+    click.echo(f"  expected calibration error {fitted.reliability.expected_error:.3f}")
+    for low, mean, seen, count in fitted.reliability.bins:
+        click.echo(f"  predicted {low:.1f}-{low + 0.1:.1f}: mean {mean:.3f}, "
+                   f"copies {seen:.3f} of {count} pairs")
+    click.echo(f"  at probability >= {min_probability}: precision {held.precision:.3f}, "
+               f"recall {held.recall:.3f} over all pairs in the groups")
+    for family, recall in held.recall_by_family.items():
+        click.echo(f"    recall {family}: {recall:.3f} of {held.pairs_by_family[family]}")
+
+
 def _write_pairs_csv(path: Path, groups: list[Any]) -> None:
     import csv
 
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["group", "a", "b", "relation", "probability", "x0", "y0", "x1", "y1",
-                         "score", "inliers", "pixel_error"])
+                         "score", "inliers", "pixel_error", "agreement"])
         for number, group in enumerate(groups, start=1):
             for pair in group.pairs:
                 writer.writerow([number, pair.a, pair.b, pair.relation,
                                  "" if pair.probability is None else pair.probability,
                                  *(pair.box or ("", "", "", "")), round(pair.score, 4),
                                  "" if pair.inliers is None else pair.inliers,
-                                 "" if pair.pixel_error is None else round(pair.pixel_error, 2)])
+                                 "" if pair.pixel_error is None else round(pair.pixel_error, 2),
+                                 "" if pair.agreement is None else round(pair.agreement, 3)])
 
 
 @cli.command()

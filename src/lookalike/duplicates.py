@@ -24,26 +24,38 @@ import html
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from lookalike import verification
+from lookalike import copy_probability, verification
 from lookalike.atomic import atomic_write
+from lookalike.catalog import ImageRecord
 from lookalike.collection import Collection
+from lookalike.copy_probability import CopyProbability, Reliability
+from lookalike.copy_truth import Truth, linked
 from lookalike.errors import LookalikeError
 from lookalike.folder import image_path
-from lookalike.images import Box, ImageError, ImageSource, decode, thumbnail_uri
+from lookalike.images import Box, DecodedImage, ImageError, ImageSource, decode, thumbnail_uri
 
 Keep = Literal["largest", "oldest", "newest", "shortest-path"]
 KEEP: tuple[Keep, ...] = ("largest", "oldest", "newest", "shortest-path")
 MIN_SCORE = 0.5  # cosine below which a pair is not even a candidate
+MIN_PROBABILITY = 0.95  # less likely to be a copy than this: not reported as one (a wrong
+# link merges two groups; at 0.95, 98 % of the pairs in the groups are right: RESULTS.md)
 NEIGHBOURS = 8  # candidates an image
 SAME_PICTURE_RMS = 6.0  # levels at 64 px, RGB: the same picture, re-encoded or resized
+SAME_PICTURE_AGREEMENT = 0.8  # ... and its pixels correlate this well (two flat skies do not)
+MIN_AGREEMENT = 0.3  # a placement's pixels correlate at least this, or it is chance
+PREVIEW_SIDE = 256  # JPEG decoded at least this large for the thumbnail checks
+PIXEL_BUDGET = 200_000_000  # full-image pixels held at once (RGB: 600 MB), any N
+FEW_KEYPOINTS = 500  # fewer than this (blur, sky): the pixels are searched for the copy too
 WHOLE_FRAME = 0.9  # a placement covering this share of the source is the whole picture
 
 
@@ -58,6 +70,7 @@ class CopyPair:
     box: Box | None = None  # where b lies in a (cropped)
     inliers: int | None = None
     pixel_error: float | None = None
+    agreement: float | None = None  # correlation of the pixels where b lies in a
     probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +79,9 @@ class CopyPair:
                 "box": list(self.box) if self.box is not None else None,
                 "evidence": {"score": round(self.score, 4), "inliers": self.inliers,
                              "pixel_error": None if self.pixel_error is None
-                             else round(self.pixel_error, 2)}}
+                             else round(self.pixel_error, 2),
+                             "agreement": None if self.agreement is None
+                             else round(self.agreement, 3)}}
 
 
 @dataclass
@@ -81,22 +96,64 @@ class Group:
 
 
 class _Picture:
-    """An image's decoded pixels and keypoints, made when first asked for."""
+    """An image's pixels and keypoints, each made when first asked for: a preview (JPEG
+    decoded at a fraction of its size, enough for the thumbnail checks), the full pixels
+    (for keypoints and template search) only when those are needed."""
 
     def __init__(self, source: ImageSource) -> None:
         self.source = source
 
     @functools.cached_property
+    def decoded_preview(self) -> DecodedImage:
+        return decode(self.source, draft_size=PREVIEW_SIDE)
+
+    @property
+    def preview(self) -> Image.Image:
+        return self.decoded_preview.image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.decoded_preview.full_size
+
+    @functools.cached_property
     def image(self) -> Image.Image:
-        return decode(self.source).image.convert("RGB")
+        if self.preview.size == self.size:  # not a JPEG, or a small one: already whole
+            return self.preview
+        return decode(self.source).image
 
     @functools.cached_property
     def small(self) -> np.ndarray:
-        return _small(self.image)
+        return _small(self.preview)
 
     @functools.cached_property
     def keypoints(self) -> verification.Keypoints:
         return verification.keypoints(self.image)
+
+
+class _Pictures:
+    """Pictures by id, made when first asked for; the least recently used are dropped past
+    `budget` pixels of full images (what their memory goes to), so memory stays bounded
+    however many images a run looks at."""
+
+    def __init__(self, root: Path, records: Mapping[str, ImageRecord],
+                 budget: int = PIXEL_BUDGET) -> None:
+        self.root, self.records, self.budget = root, records, budget
+        self.held: OrderedDict[str, _Picture] = OrderedDict()
+        self.pixels = 0
+
+    def _cost(self, image_id: str) -> int:
+        record = self.records.get(image_id)
+        return max(1, (record.width or 0) * (record.height or 0)) if record else 10**6
+
+    def __call__(self, image_id: str) -> _Picture:
+        if image_id in self.held:
+            self.held.move_to_end(image_id)
+            return self.held[image_id]
+        self.held[image_id] = picture = _Picture(image_path(self.root, image_id))
+        self.pixels += self._cost(image_id)
+        while self.pixels > self.budget and len(self.held) > 2:
+            self.pixels -= self._cost(self.held.popitem(last=False)[0])
+        return picture
 
 
 def _small(image: Image.Image, side: int = 64) -> np.ndarray:
@@ -115,48 +172,87 @@ def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
 def classify(a: _Picture, b: _Picture, *, same_bytes: bool, score: float, a_id: str,
              b_id: str) -> CopyPair | None:
     """How `b` derives from `a` (or `a` from `b`: the pair comes back as source first), or
-    None when the pixels confirm no copy."""
-    if same_bytes:
-        return CopyPair(a_id, b_id, "identical", score)
-    size_a, size_b = a.image.size, b.image.size
-    if size_a == size_b and np.array_equal(np.asarray(a.image), np.asarray(b.image)):
-        return CopyPair(a_id, b_id, "same-pixels", score, pixel_error=0.0)
-    if size_b[0] * size_b[1] > size_a[0] * size_a[1]:  # the larger one is the source
-        a, b, a_id, b_id = b, a, b_id, a_id
-        size_a, size_b = size_b, size_a
-    if _same_aspect(size_a, size_b):
-        error = _rms(a.small, b.small)
-        if error < SAME_PICTURE_RMS:
-            return CopyPair(a_id, b_id, "re-encoded" if size_a == size_b else "resized", score,
-                            pixel_error=error)
-        mirrored = _rms(a.small, _small(ImageOps.mirror(b.image)))
-        if mirrored < SAME_PICTURE_RMS:
-            return CopyPair(a_id, b_id, "flipped", score, pixel_error=mirrored)
-    for turn in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
-                 Image.Transpose.ROTATE_180):
-        turned = b.image.transpose(turn)
-        if _same_aspect(size_a, turned.size):
-            error = _rms(a.small, _small(turned))
-            if error < SAME_PICTURE_RMS:
-                return CopyPair(a_id, b_id, "rotated", score, pixel_error=error)
-    inside_a = verification.verify(b.keypoints, a.keypoints)  # b placed in a
-    inside_b = verification.verify(a.keypoints, b.keypoints)  # a placed in b
-    if inside_a is not None and not _whole(inside_a.box, size_a):
-        return CopyPair(a_id, b_id, "cropped", score, box=inside_a.box,
-                        inliers=inside_a.inliers)
-    if inside_b is not None and not _whole(inside_b.box, size_b):  # a crop, enlarged
-        return CopyPair(b_id, a_id, "cropped", score, box=inside_b.box,
-                        inliers=inside_b.inliers)
-    if inside_a is not None or inside_b is not None:
-        found = inside_a or inside_b
-        assert found is not None
-        return CopyPair(a_id, b_id, "edited", score, inliers=found.inliers)
+    None when the pixels confirm no copy. Every placement found (by thumbnails, keypoints or
+    template search) must also agree in its pixels (`verification.agreement`): keypoints on
+    repeated structure, or two flat thumbnails, agree by chance; the pixels then do not."""
+    same = same_picture(a, b, same_bytes=same_bytes, score=score, a_id=a_id, b_id=b_id)
+    if same is not None:
+        return same
+    if b.size[0] * b.size[1] > a.size[0] * a.size[1]:
+        a, b, a_id, b_id = b, a, b_id, a_id  # the larger one is the source
+    size_a, size_b = a.size, b.size
+    match = verification.verify(b.keypoints, a.keypoints)  # where b lies in a
+    if match is not None:
+        back = verification.invert(match.transform)
+        a_in_b = verification.place(back, size_a, size_b)
+        if _whole(match.box, size_a) and a_in_b is not None and not _whole(a_in_b, size_b):
+            agrees = verification.agreement(a.image, b.image, back)  # a crop, enlarged
+            found = CopyPair(b_id, a_id, "cropped", score, box=a_in_b, inliers=match.inliers,
+                             agreement=agrees)
+        else:
+            agrees = verification.agreement(b.image, a.image, match.transform)
+            whole = _whole(match.box, size_a)
+            found = CopyPair(a_id, b_id, "edited" if whole else "cropped", score,
+                             box=None if whole else match.box, inliers=match.inliers,
+                             agreement=agrees)
+        if agrees >= MIN_AGREEMENT:
+            return found
+    if len(b.keypoints) >= FEW_KEYPOINTS:  # keypoints had enough to go on
+        return None
     placed = verification.locate(verification.Template(b.image),
                                  verification.thumbnails(a.image))
     if placed is not None:
-        return CopyPair(a_id, b_id, "cropped", score, box=placed.box,
-                        pixel_error=placed.error)
+        x0, y0, x1, y1 = placed.box
+        at = np.array([[(x1 - x0) / size_b[0], 0, x0], [0, (y1 - y0) / size_b[1], y0]])
+        agrees = verification.agreement(b.image, a.image, at)
+        if agrees >= MIN_AGREEMENT:
+            return CopyPair(a_id, b_id, "cropped", score, box=placed.box,
+                            pixel_error=placed.error, agreement=agrees)
     return None
+
+
+def same_picture(a: _Picture, b: _Picture, *, same_bytes: bool, score: float, a_id: str,
+                 b_id: str) -> CopyPair | None:
+    """The cheap part of `classify`: the same file, the same pixels, or the same picture
+    resized, re-encoded, mirrored or turned (previews only, no keypoints)."""
+    if same_bytes:
+        return CopyPair(a_id, b_id, "identical", score)
+    if b.size[0] * b.size[1] > a.size[0] * a.size[1]:  # the larger one is the source
+        a, b, a_id, b_id = b, a, b_id, a_id
+    for relation, turn, small in _views(b, a.size):
+        error = _rms(a.small, small)
+        if error < SAME_PICTURE_RMS:
+            if error < 0.5 and a.size == b.size and np.array_equal(np.asarray(a.image),
+                                                                 np.asarray(b.image)):
+                return CopyPair(a_id, b_id, "same-pixels", score, pixel_error=0.0,
+                                agreement=1.0)
+            view = b.preview if turn is None else b.preview.transpose(turn)
+            agrees = verification.agreement(view, a.preview, _stretch(view.size,
+                                                                       a.preview.size))
+            if agrees >= SAME_PICTURE_AGREEMENT:
+                return CopyPair(a_id, b_id, relation, score, pixel_error=error,
+                                agreement=agrees)
+    return None
+
+
+def _views(picture: _Picture, size: tuple[int, int]
+           ) -> Iterator[tuple[str, Image.Transpose | None, np.ndarray]]:
+    """The ways `picture` could show the same picture as one of `size` (as it is, mirrored,
+    turned), each with its transposition and its thumbnail (turned as a thumbnail: cheap)."""
+    width, height = picture.size
+    if _same_aspect(size, (width, height)):
+        yield ("re-encoded" if size == (width, height) else "resized"), None, picture.small
+        yield "flipped", Image.Transpose.FLIP_LEFT_RIGHT, picture.small[:, ::-1]
+    if _same_aspect(size, (height, width)):
+        yield "rotated", Image.Transpose.ROTATE_90, np.rot90(picture.small, 1)
+        yield "rotated", Image.Transpose.ROTATE_270, np.rot90(picture.small, 3)
+    if _same_aspect(size, (width, height)):
+        yield "rotated", Image.Transpose.ROTATE_180, np.rot90(picture.small, 2)
+
+
+def _stretch(size: tuple[int, int], to: tuple[int, int]) -> np.ndarray:
+    """The transform laying a picture of `size` over one of `to`."""
+    return np.array([[to[0] / size[0], 0, 0], [0, to[1] / size[1], 0]])
 
 
 def _whole(box: Box, size: tuple[int, int]) -> bool:
@@ -167,7 +263,8 @@ def _whole(box: Box, size: tuple[int, int]) -> bool:
 
 def copies_of(coll: Collection, image: ImageSource | None = None, *, like: str | None = None,
               name: str = "query", neighbours: int = NEIGHBOURS,
-              min_score: float = MIN_SCORE) -> list[CopyPair]:
+              min_score: float = MIN_SCORE, min_probability: float = MIN_PROBABILITY
+              ) -> list[CopyPair]:
     """Is this image (or this indexed id) already in the collection, and as what? Its
     copies among its nearest neighbours, the query named `name` (or by its id) in them."""
     if (image is None) == (like is None):
@@ -197,7 +294,15 @@ def copies_of(coll: Collection, image: ImageSource | None = None, *, like: str |
             continue
         if pair is not None:
             pairs.append(pair)
-    return pairs
+    return _probable(coll, pairs, min_probability)
+
+
+def _probable(coll: Collection, pairs: list[CopyPair], min_probability: float
+              ) -> list[CopyPair]:
+    """The pairs, with their probability of being a copy, that reach `min_probability`."""
+    chances = CopyProbability.for_collection(coll.path)(pairs).tolist()
+    return [replace(pair, probability=round(chance, 4))
+            for pair, chance in zip(pairs, chances, strict=True) if chance >= min_probability]
 
 
 CHECKED = "duplicates.json"  # in the collection's folder: how far the last run looked
@@ -215,21 +320,6 @@ def mark_checked(coll: Collection) -> None:
     """Record that every image indexed so far has been looked at (for `--new`)."""
     with atomic_write(coll.path / CHECKED) as fh:
         json.dump({"last_vid": coll.catalog.sync_point().last_vid}, fh)
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        self.parent[self.find(a)] = self.find(b)
 
 
 def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
@@ -260,53 +350,112 @@ def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,
                     yield image_id, hit.id, hit.score
 
 
-def find_duplicates(coll: Collection, *, similar: bool = False, keep: Keep = "largest",
-                    neighbours: int = NEIGHBOURS, min_score: float = MIN_SCORE,
-                    after: int = 0, progress: Callable[[int, int], None] | None = None
-                    ) -> list[Group]:
-    """Groups of images that derive from one original (with `similar`, also of images of
-    the same scene), each with the image to keep and the pairs that link it; with `after`
-    (a vector id, see `last_checked`), only the copies of images indexed since."""
-    if keep not in KEEP:
-        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
-    root = coll.root or coll.path
-    pictures: dict[str, _Picture] = {}
-
-    def picture(image_id: str) -> _Picture:
-        if image_id not in pictures:
-            if len(pictures) >= 4096:  # bounded: the oldest ones go
-                pictures.pop(next(iter(pictures)))
-            pictures[image_id] = _Picture(image_path(root, image_id))
-        return pictures[image_id]
-
-    records = {i: r for i, r in coll.catalog.images().items() if r.status == "ok"}
-    pairs: list[CopyPair] = []
+def examine(coll: Collection, *, neighbours: int = NEIGHBOURS, min_score: float = MIN_SCORE,
+            after: int = 0, progress: Callable[[int, int], None] | None = None
+            ) -> list[CopyPair]:
+    """Every candidate pair (see `candidate_pairs`) with what its pixels say: how one
+    derives from the other, or `similar` when they confirm nothing. No probability yet."""
     candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
                                       after=after))
+    records = coll.catalog.images_named({i for pair in candidates for i in pair[:2]})
+    picture = _Pictures(coll.root or coll.path, records)
+    pairs = []
     for done, (x, y, score) in enumerate(candidates, start=1):
         try:
-            pair = classify(picture(x), picture(y), same_bytes=records[x].sha256
-                            == records[y].sha256, score=score, a_id=x, b_id=y)
+            pair = classify(picture(x), picture(y),
+                            same_bytes=records[x].sha256 == records[y].sha256,
+                            score=score, a_id=x, b_id=y)
         except (ImageError, OSError):  # changed or gone since indexing: not judged
             pair = None
-        if pair is None and similar:
-            pair = CopyPair(x, y, "similar", score)
-        if pair is not None:
-            pairs.append(pair)
+        pairs.append(pair or CopyPair(x, y, "similar", score))
         if progress is not None:
             progress(done, len(candidates))
-    links = _UnionFind()
-    for pair in pairs:
-        links.union(pair.a, pair.b)
-    members: dict[str, list[str]] = {}
-    for image_id in sorted({i for p in pairs for i in (p.a, p.b)}):
-        members.setdefault(links.find(image_id), []).append(image_id)
-    groups = []
-    for images in members.values():
-        inside = set(images)
-        groups.append(Group(images, _keeper(coll, images, records, keep, root),
-                            [p for p in pairs if p.a in inside]))
-    return sorted(groups, key=lambda g: (-len(g.images), g.images[0]))
+    return pairs
+
+
+def plain_copies(coll: Collection, *, after: int, neighbours: int = 4,
+                 min_score: float = MIN_SCORE) -> list[CopyPair]:
+    """The copies among the images indexed since vector `after` that previews alone
+    confirm (`same_picture`: the same file or picture, resized, re-encoded, mirrored or
+    turned), for `index` to report as it goes; `find_duplicates` finds crops and edits
+    too. A few milliseconds an image: no keypoints, JPEGs decoded at a fraction of size."""
+    candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
+                                      after=after))
+    records = coll.catalog.images_named({i for pair in candidates for i in pair[:2]})
+    picture = _Pictures(coll.root or coll.path, records)
+    found = []
+    for x, y, score in candidates:
+        try:
+            pair = same_picture(picture(x), picture(y),
+                                same_bytes=records[x].sha256 == records[y].sha256,
+                                score=score, a_id=x, b_id=y)
+        except (ImageError, OSError):
+            continue
+        if pair is not None:
+            found.append(pair)
+    return found
+
+
+def find_duplicates(coll: Collection, *, similar: bool = False, keep: Keep = "largest",
+                    min_probability: float = MIN_PROBABILITY, neighbours: int = NEIGHBOURS,
+                    min_score: float = MIN_SCORE, after: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> list[Group]:
+    """Groups of images that derive from one original (with `similar`, also of images of
+    the same scene), each with the image to keep and the pairs that link it; with `after`
+    (a vector id, see `last_checked`), only the copies of images indexed since. A pair is a
+    copy when its calibrated probability is at least `min_probability`."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    examined = examine(coll, neighbours=neighbours, min_score=min_score, after=after,
+                       progress=progress)
+    pairs = []
+    for pair in _probable(coll, examined, 0.0):
+        assert pair.probability is not None
+        if pair.probability >= min_probability and pair.relation != "similar":
+            pairs.append(pair)
+        elif similar:
+            pairs.append(replace(pair, relation="similar"))
+    return group_pairs(coll, pairs, keep)
+
+
+@dataclass(frozen=True)
+class ProbabilityFit:
+    """A fit on judged pairs, and how its held-out predictions held up."""
+
+    model: CopyProbability
+    judged: list[CopyPair]  # the examined pairs whose two images the truth knows
+    is_copy: np.ndarray
+    held_out: np.ndarray  # each judged pair's probability, predicted out of fold
+    reliability: Reliability  # of those predictions
+
+
+def fit_probability(examined: Sequence[CopyPair], truth: Truth, *, fitted_on: str = ""
+                    ) -> ProbabilityFit:
+    """Fit the copy probability on examined pairs (see `examine`) judged by `truth`. Its
+    reliability is measured out of fold: the judged groups are split in two halves, each
+    half's pairs predicted by a fit on the other's; the model returned is then fitted on
+    all of them."""
+    judged = [p for p in examined if p.a in truth.group and p.b in truth.group]
+    labels = np.array([truth.is_copy(p.a, p.b) for p in judged], bool)
+    fold = np.array([zlib.crc32((truth.group[p.a] or p.a).encode()) % 2 for p in judged])
+    predicted = np.zeros(len(judged))
+    for half in (0, 1):
+        model = copy_probability.fit([p for p, f in zip(judged, fold, strict=True)
+                                      if f != half], labels[fold != half])
+        predicted[fold == half] = model([p for p, f in zip(judged, fold, strict=True)
+                                         if f == half])
+    return ProbabilityFit(copy_probability.fit(judged, labels, fitted_on=fitted_on), judged,
+                          labels, predicted, copy_probability.reliability(predicted, labels))
+
+
+def group_pairs(coll: Collection, pairs: list[CopyPair], keep: Keep) -> list[Group]:
+    """The groups the pairs link, each with its keeper and its pairs, largest first."""
+    groups = linked((p.a, p.b) for p in pairs)
+    records = coll.catalog.images_named(i for images in groups for i in images)
+    root = coll.root or coll.path
+    return [Group(images, _keeper(coll, images, records, keep, root),
+                  [p for p in pairs if p.a in inside])
+            for images in groups for inside in [set(images)]]
 
 
 def _keeper(coll: Collection, images: list[str], records: dict[str, Any], keep: Keep,

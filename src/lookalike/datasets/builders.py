@@ -13,6 +13,8 @@
   alone.
 - `photo-crops`: crops and partial copies of tiles of Debian's wallpaper photos, to find
   their source tile (see `lookalike.datasets.crops`).
+- `copies`: originals, their copies of ten kinds and distractors, for `duplicates` (see
+  `lookalike.datasets.copies`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lookalike.datasets.copies import build_copies
 from lookalike.datasets.crops import build_photo_crops
 from lookalike.datasets.layout import stratified_pick, write_set
 from lookalike.errors import LookalikeError
@@ -156,6 +159,7 @@ def _slug(text: str) -> str:
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {
+    "copies": build_copies,
     "digits": build_digits,
     "emoji": build_emoji,
     "fashion-mnist": build_fashion_mnist,
