@@ -97,7 +97,7 @@ def test_a_fit_needs_both_kinds_and_a_bad_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="both kinds"):
         fit(pairs, np.ones(len(pairs), bool))
     (tmp_path / "fit.json").write_text('{"features": ["score"], "weights": [1.0]}')
-    with pytest.raises(LookalikeError, match="fit.json: not a copy-probability fit"):
+    with pytest.raises(LookalikeError, match=r"fit\.json: not a copy-probability fit"):
         CopyProbability.load(tmp_path / "fit.json")
 
 

@@ -231,3 +231,32 @@ def test_odd_names_thin_images_and_a_phone_screen(page: sync_api.Page, photo_dir
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
     snap(page, "phone")
     assert serious_violations(page) == []
+
+
+def test_the_duplicates_view_shows_each_group_and_opens_an_image(
+        page: sync_api.Page, tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from lookalike.duplicates import find_duplicates, record_run
+
+    status = page.locator("#dups-status")
+    page.click("#dups-open")
+    sync_api.expect(status).to_contain_text("No duplicates yet")
+    with Collection.open(tmp_path / "coll", encoder=encoder) as coll:
+        groups = find_duplicates(coll)
+        record_run(coll, groups, upto=coll.catalog.sync_point().last_vid, new_only=False)
+    coffee = next(g for g in groups if "coffee.jpg" in g.images)
+    assert set(coffee.images) >= {"coffee.jpg", *(f"sub/{n}" for n in ODD_NAMES)}
+    page.click("#dups-close")
+    assert page.locator("#dups").is_hidden() and page.locator("main").is_visible()
+    page.click("#dups-open")
+    sync_api.expect(status).to_contain_text(f"{len(groups)} group")
+    cards = page.locator("#dups-list .hit")
+    sync_api.expect(cards).to_have_count(sum(len(g.images) for g in groups))
+    assert page.locator("#dups-list .keep").count() == len(groups)
+    assert cards.filter(has_text="identical to coffee.jpg").count() == len(coffee.images) - 1
+    page.wait_for_function("[...document.querySelectorAll('#dups-list img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")  # odd names too
+    snap(page, "duplicates")
+    assert serious_violations(page) == []
+    page.locator("#dups-list .hit", has_text="café ü.jpg").click()
+    assert page.locator("#dups").is_hidden()
+    sync_api.expect(page.locator("#status")).to_contain_text("more like sub/café ü.jpg")

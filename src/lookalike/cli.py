@@ -574,8 +574,8 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
     from lookalike.duplicates import (
         find_duplicates,
         last_checked,
-        mark_checked,
         move_copies,
+        record_run,
         undo_moves,
         write_review_page,
     )
@@ -598,18 +598,15 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
             bar.total = total
             bar.update(done - bar.n)
 
+        upto = coll.catalog.sync_point().last_vid
         groups = find_duplicates(coll, similar=similar, keep=keep,  # type: ignore[arg-type]
                                  min_probability=min_probability, neighbours=neighbours,
                                  min_score=min_score, progress=advance,
                                  after=last_checked(coll) if only_new else 0)
-        try:
-            mark_checked(coll)
-        except OSError as exc:  # a collection this user may only read: --new cannot follow
-            click.echo(f"note: {exc.filename}: {exc.strerror}; --new will see these again",
-                       err=True)
         if html_dir is not None:  # before any move: it shows the files where they are
             page = write_review_page(groups, coll.root or coll.path, html_dir)
             click.echo(f"review page: {page}", err=True)
+        moved: list[Path] = []
         if move_to is not None:
             import time
 
@@ -621,6 +618,12 @@ def duplicates(collection: Path, as_json: bool, csv_path: Path | None, similar: 
                 coll.index_paths(root / p.relative_to(move_to.resolve()) for p in moved)
             click.echo(f"{collection}: moved {len(moved)} file(s) to {move_to}; to put them "
                        f"back: lookalike duplicates -c {collection} --undo {log}", err=True)
+        try:
+            record_run(coll, [] if moved else groups, upto=upto, new_only=only_new,
+                       moved=len(moved))
+        except OSError as exc:  # a collection this user may only read: --new cannot follow
+            click.echo(f"note: {exc.filename}: {exc.strerror}; --new will see these again",
+                       err=True)
     if csv_path is not None:
         _write_pairs_csv(csv_path, groups)
     if as_json:

@@ -24,6 +24,7 @@ import html
 import json
 import os
 import shutil
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -305,21 +306,34 @@ def _probable(coll: Collection, pairs: list[CopyPair], min_probability: float
             for pair, chance in zip(pairs, chances, strict=True) if chance >= min_probability]
 
 
-CHECKED = "duplicates.json"  # in the collection's folder: how far the last run looked
+CHECKED = "duplicates.json"  # in the collection's folder: what the last run saw and found
+
+
+def last_run(coll: Collection) -> dict[str, Any]:
+    """What the last `duplicates` run recorded (see `record_run`); {} when none ran."""
+    try:
+        saved = json.loads((coll.path / CHECKED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def last_checked(coll: Collection) -> int:
     """The last vector id a `duplicates` run had seen (0: none ran)."""
     try:
-        return int(json.loads((coll.path / CHECKED).read_text())["last_vid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(last_run(coll).get("last_vid", 0))
+    except (ValueError, TypeError):
         return 0
 
 
-def mark_checked(coll: Collection) -> None:
-    """Record that every image indexed so far has been looked at (for `--new`)."""
+def record_run(coll: Collection, groups: list[Group], *, upto: int, new_only: bool,
+               moved: int = 0) -> None:
+    """Record a run: how far it looked (`upto`, the last vector id when it began: `--new`
+    starts there) and what it found, as `--json` writes it (the server's page shows it)."""
     with atomic_write(coll.path / CHECKED) as fh:
-        json.dump({"last_vid": coll.catalog.sync_point().last_vid}, fh)
+        json.dump({"last_vid": upto, "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                   "new_only": new_only, "moved": moved,
+                   "groups": [g.to_dict() for g in groups]}, fh)
 
 
 def candidate_pairs(coll: Collection, *, neighbours: int = NEIGHBOURS,

@@ -6,6 +6,8 @@
                                 ("X0,Y0,X1,Y1"), k, verify, metric -> {"hits": [...]}
     POST /api/duplicates        image or like -> {"copies": [...]}: is it already there, and
                                 as what (pairs as `lookalike duplicates --json` writes them)
+    GET  /api/duplicates        the groups the last `lookalike duplicates` run found, and
+                                when, with each image's size: {"groups", "when", "sizes"...}
     GET  /api/images/{id}       an indexed image as a JPEG, at most `size` px a side (the id
                                 percent-encoded: a file name may hold any character)
 
@@ -345,6 +347,23 @@ def create_app(collection: str | Path, *, workers: int | None = None) -> FastAPI
             return {"copies": await verified.run(find)}
         except ImageError as exc:
             raise HTTPException(400, f"{name}: {exc.reason}") from None
+
+    @app.api_route("/api/duplicates", methods=["GET", "HEAD"])
+    async def found_duplicates() -> dict[str, Any]:
+        """The groups of copies the last `lookalike duplicates` run found, as its `--json`
+        writes them, with when it ran and each image's size ([width, height]). The server
+        does not look for them itself: over a whole collection that takes minutes."""
+        from lookalike.duplicates import last_run
+
+        def read() -> dict[str, Any]:
+            run = last_run(coll)
+            groups = run.get("groups") or []
+            records = coll.catalog.images_named(i for g in groups for i in g["images"])
+            return {"groups": groups, "when": run.get("when"),
+                    "new_only": bool(run.get("new_only")), "moved": run.get("moved", 0),
+                    "sizes": {i: [r.width, r.height] for i, r in records.items()}}
+
+        return await searches.run(read)
 
     @app.api_route("/api/images/{image_id:lookalike_any}", methods=["GET", "HEAD"])
     async def indexed_image(image_id: str, size: Annotated[int, Query(ge=16, le=2048)] = 320
