@@ -106,9 +106,13 @@ def imagededup_rows(folder: Path, truth: Truth) -> list[tuple[str, int, Quality,
                                        scores=True)
         seconds = time.perf_counter() - start
         best: tuple[int, Quality] | None = None
+        true = len(truth.copy_pairs())
         for threshold in range(MAX_DISTANCE + 1):
             pairs = [(a, b) for a, hits in found.items() for b, d in hits if d <= threshold]
-            scored = quality(linked(pairs), truth)
+            groups = linked(pairs)
+            if sum(len(g) * (len(g) - 1) // 2 for g in groups) > 20 * true:
+                break  # chained into giant groups: precision only falls from here
+            scored = quality(groups, truth)
             if best is None or scored.f1 > best[1].f1:
                 best = (threshold, scored)
         assert best is not None

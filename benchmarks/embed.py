@@ -5,7 +5,10 @@
 (a) bare ONNX Runtime forward pass on pre-decoded tensors;
 (b) the loop a user would write: PIL open -> timm transforms -> eager PyTorch, batch 32;
 lookalike: JPEG files on disk -> vectors committed in a fresh collection.
-Prints images/s medians and the ratios. Targets: lookalike >= 0.8 x (a) and >= 3 x (b).
+The same two for the INT8 graph (`efficientnet_lite0:int8`), and the cosine between the
+two precisions' vectors of the same images.
+Prints images/s medians and the ratios. Targets: lookalike >= 0.8 x (a) and >= 3 x (b);
+INT8 bare >= 1.8 x (a), INT8 end to end >= 1.0 x (a), median cosine >= 0.98.
 
 Decoding needs CPU time too. When the model's threads already fill every core, the decoders
 take their share from it, so the table also gives (c) the decode + resize rate on one
@@ -122,6 +125,7 @@ def main() -> None:
     args = parse_args(__doc__)
     paths, folder = jpeg_folder(args.data, args.images)
     encoder = create_encoder("efficientnet_lite0")
+    int8 = create_encoder("efficientnet_lite0:int8")
     cores = os.cpu_count() or 1
     fewer_threads = max(cores - 1, 1)
     fewer = on_threads(encoder, fewer_threads)
@@ -135,8 +139,9 @@ def main() -> None:
     bare_fewer = f"(a') bare ONNX Runtime on {fewer_threads} thread(s)"
     ours_fewer = "lookalike index, model on the same thread(s)"
     prepare = "(c) decode + resize only, 1 thread"
+    bare8, ours8 = "(a8) bare ONNX Runtime, INT8", "lookalike index, INT8"
     runs: dict[str, list[float]] = {name: [] for name in (
-        bare, naive, ours, bare_fewer, ours_fewer, prepare)}
+        bare, naive, ours, bare_fewer, ours_fewer, prepare, bare8, ours8)}
     for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
         runs[bare].append(bare_onnx(encoder, pixels))
         runs[naive].append(naive_loop(eager, transform, paths))
@@ -144,6 +149,8 @@ def main() -> None:
         runs[bare_fewer].append(bare_onnx(fewer, pixels))
         runs[ours_fewer].append(end_to_end(fewer, folder, len(paths)))
         runs[prepare].append(prepare_only(encoder, paths))
+        runs[bare8].append(bare_onnx(int8, pixels))
+        runs[ours8].append(end_to_end(int8, folder, len(paths)))
 
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"efficientnet_lite0, {len(paths)} JPEGs 1024x768, batch {BATCH}, "
@@ -160,6 +167,12 @@ def main() -> None:
           f"{ceiling / med[bare]:.2f} x (a); lookalike reaches {med[ours] / ceiling:.0%} of it")
     print(f"- model on one core fewer, a core left for decoding: lookalike / (a') = "
           f"{med[ours_fewer] / med[bare_fewer]:.2f} x")
+    cosine = np.sum(encoder.embed_pixels(pixels) * int8.embed_pixels(pixels), axis=1)
+    print(f"- INT8 bare / (a) = {med[bare8] / med[bare]:.2f} x (target >= 1.8 x); INT8 end "
+          f"to end / (a) = {med[ours8] / med[bare]:.2f} x (target >= 1.0 x); "
+          f"INT8 end to end / lookalike = {med[ours8] / med[ours]:.2f} x")
+    print(f"- cosine float32 . INT8 on the same images: median {np.median(cosine):.4f}, "
+          f"min {cosine.min():.4f} (target median >= 0.98)")
 
 
 if __name__ == "__main__":

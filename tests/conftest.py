@@ -59,7 +59,7 @@ def sky():  # type: ignore[no-untyped-def]
 
 # Modules whose tests run a real model in a subprocess (the CLI) or build one themselves.
 _MODEL_MODULES = {"test_cli", "test_cli_errors", "test_encoders", "test_train_head",
-                  "test_train_modes", "test_distributed", "test_upgrade"}
+                  "test_train_modes", "test_distributed", "test_upgrade", "test_int8"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

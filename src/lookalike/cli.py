@@ -740,12 +740,14 @@ def upgrade(collection: Path, wait: bool) -> None:
 
 @cli.command()
 def models() -> None:
-    """List the encoders (any timm model also works as timm:NAME)."""
+    """List the encoders and their precisions (any timm model also works as timm:NAME;
+    NAME:int8 runs the INT8 graph, on the CPU)."""
     from lookalike.encoders import get_spec, list_encoders
 
     for name in list_encoders():
         spec = get_spec(name)
-        click.echo(f"{name:<20} {spec.dim:>5}-d  {spec.description}  [{spec.weights_source}]")
+        click.echo(f"{name:<20} {spec.dim:>5}-d  float32, int8 (as {name}:int8)  "
+                   f"{spec.description}  [{spec.weights_source}]")
 
 
 def main(argv: list[str] | None = None) -> Any:

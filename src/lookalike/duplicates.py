@@ -144,7 +144,7 @@ class _Pictures:
 
     def _cost(self, image_id: str) -> int:
         record = self.records.get(image_id)
-        return max(1, (record.width or 0) * (record.height or 0)) if record else 10**6
+        return ((record.width or 0) * (record.height or 0) if record else 0) or 10**7
 
     def __call__(self, image_id: str) -> _Picture:
         if image_id in self.held:

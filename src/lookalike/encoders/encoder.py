@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lookalike.encoders.preprocess import Preprocess
+from lookalike.encoders.quantize import float_name, is_int8, quantize_graph
 from lookalike.encoders.registry import DEFAULT_ENCODER, get_spec
 from lookalike.encoders.runtime import (
     Backend,
@@ -213,7 +214,8 @@ class Encoder:
         path = onnx_path(name, self.fingerprint)
         if path.is_file():
             return path
-        return export_onnx(module() if module else self.module, size, path, outputs=outputs)
+        return onnx_graph(name, module() if module else self.module, size, self.fingerprint,
+                          outputs)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The bare forward pass on prepared (B, S, S, 3) uint8 pixels, at most
@@ -325,15 +327,29 @@ def create_encoder(
     module = build_module(spec, weights)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = ("torch" if device != "cpu" else "onnx") if backend == "auto" else backend
+    chosen = ("torch" if device != "cpu" and not is_int8(name) else "onnx") \
+        if backend == "auto" else backend
     if chosen not in ("onnx", "torch"):
         raise LookalikeError(f"backend must be auto, onnx or torch, got {backend!r}")
+    if chosen == "torch" and is_int8(name):
+        raise LookalikeError(f"{name}: INT8 runs on ONNX Runtime (backend onnx)")
     weights_sha = fingerprint(module)
     runtime: Backend = (
         TorchBackend(module, device) if chosen == "torch"
-        else OnnxBackend(export_onnx(module, pre.size, onnx_path(name, weights_sha)))
+        else OnnxBackend(onnx_graph(name, module, pre.size, weights_sha))
     )
     return Encoder(spec, module, runtime, weights_sha)
+
+
+def onnx_graph(name: str, module: nn.Module, size: int, weights_sha: str,
+               outputs: tuple[str, ...] = ("embedding",)) -> Path:
+    """The cached ONNX graph of encoder `name` at `size` px: exported from `module`, and for
+    an INT8 name, quantised from its float32 graph (exported first when missing)."""
+    path = onnx_path(name, weights_sha)
+    if not is_int8(name):
+        return export_onnx(module, size, path, outputs=outputs)
+    made = export_onnx(module, size, onnx_path(float_name(name), weights_sha), outputs=outputs)
+    return quantize_graph(made, path, size)
 
 
 def cached_encoder(described: dict[str, Any], *, spinning: bool = True) -> Encoder | None:

@@ -7,9 +7,12 @@ from the hub when online, or from a file), or a folder holding a trained model.
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import replace
 
 from lookalike.encoders.spec import EncoderSpec
 from lookalike.errors import LookalikeError
+
+INT8 = ":int8"  # a name's suffix for its INT8 graph
 
 #: The encoder used when none is named.
 DEFAULT_ENCODER = "efficientnet_lite0"
@@ -31,7 +34,11 @@ def list_encoders(pattern: str = "*") -> list[str]:
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The spec for `name`: a registered name or `timm:MODEL`."""
+    """The spec for `name`: a registered name or `timm:MODEL`, either with `:int8` for its
+    INT8 graph (see `lookalike.encoders.quantize`)."""
+    if name.endswith(INT8):
+        base = get_spec(name.removesuffix(INT8))
+        return replace(base, name=name, description=f"{base.description}; INT8")
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith("timm:"):

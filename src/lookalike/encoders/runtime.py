@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _EXPORT_VERSION = 3  # bump when the exported graph changes for the same weights
+_QUANTIZE_VERSION = 1  # ... and this when an INT8 graph is made differently from it
 
 
 def cache_dir() -> Path:
@@ -108,7 +109,9 @@ def default_threads() -> int:
 
 def onnx_path(encoder_name: str, weights_fingerprint: str) -> Path:
     safe = encoder_name.replace(":", "-").replace("/", "_")
-    return cache_dir() / "onnx" / f"{safe}-{weights_fingerprint[:16]}-v{_EXPORT_VERSION}.onnx"
+    version = f"v{_EXPORT_VERSION}" + (f"q{_QUANTIZE_VERSION}" if ":int8" in encoder_name
+                                       else "")
+    return cache_dir() / "onnx" / f"{safe}-{weights_fingerprint[:16]}-{version}.onnx"
 
 
 def freeze_same_padding(module: nn.Module, size: int) -> nn.Module:
