@@ -1,6 +1,7 @@
 """End-to-end indexing throughput vs the bare model and a naive loop, side by side.
 
     .venv/bin/python benchmarks/embed.py [--images 320] [--repeats 3]
+        [--models efficientnet_lite1 mobilenet_v2 ...]   # + bare float32 vs INT8 each
 
 (a) bare ONNX Runtime forward pass on pre-decoded tensors;
 (b) the loop a user would write: PIL open -> timm transforms -> eager PyTorch, batch 32;
@@ -118,6 +119,8 @@ def parse_args(doc: str) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data" / "jpegs")
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="other encoders: bare forward, float32 against INT8")
     return parser.parse_args()
 
 
@@ -173,6 +176,20 @@ def main() -> None:
           f"INT8 end to end / lookalike = {med[ours8] / med[ours]:.2f} x")
     print(f"- cosine float32 . INT8 on the same images: median {np.median(cosine):.4f}, "
           f"min {cosine.min():.4f} (target median >= 0.98)")
+    if args.models:
+        print("\n| encoder | bare float32 images/s | bare INT8 images/s | INT8 / float32 "
+              "| median cosine |\n|---|---:|---:|---:|---:|")
+    for name in args.models:
+        model, quantized = create_encoder(name), create_encoder(f"{name}:int8")
+        ready = np.concatenate([model.prepare(p).pixels for p in paths])
+        speeds: dict[str, list[float]] = {"float32": [], "int8": []}
+        for _ in range(args.repeats):
+            speeds["float32"].append(bare_onnx(model, ready))
+            speeds["int8"].append(bare_onnx(quantized, ready))
+        f32, i8 = (statistics.median(speeds[k]) for k in ("float32", "int8"))
+        agree = np.sum(model.embed_pixels(ready) * quantized.embed_pixels(ready), axis=1)
+        print(f"| {name} | {f32:.1f} | {i8:.1f} | {i8 / f32:.2f} x | {np.median(agree):.4f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

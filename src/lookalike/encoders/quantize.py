@@ -14,6 +14,7 @@ a collection records, so vectors of the two precisions never mix.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -105,12 +106,17 @@ def quantize_graph(float_graph: Path, out: Path, size: int,
         graph = onnx.load(str(prepared)).graph
         made = Path(work) / "int8.onnx"
         options: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-        quantize_static(str(prepared), str(made),
-                        _Pixels(graph.input[0].name, calibration_pixels(size)),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method),
-                        nodes_to_exclude=_before_first_conv(graph), extra_options=options)
+        logging.disable(logging.WARNING)  # per-channel notes on every layer norm of a ViT
+        try:
+            quantize_static(str(prepared), str(made),
+                            _Pixels(graph.input[0].name, calibration_pixels(size)),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            nodes_to_exclude=_before_first_conv(graph),
+                            extra_options=options)
+        finally:
+            logging.disable(logging.NOTSET)
         os.chmod(made, 0o666 & ~current_umask())  # a cache others may share
         os.replace(made, out)
     return out
