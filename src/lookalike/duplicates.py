@@ -48,13 +48,14 @@ from lookalike.images import Box, DecodedImage, ImageError, ImageSource, decode,
 Keep = Literal["largest", "oldest", "newest", "shortest-path"]
 KEEP: tuple[Keep, ...] = ("largest", "oldest", "newest", "shortest-path")
 MIN_SCORE = 0.5  # cosine below which a pair is not even a candidate
+PLAIN_MIN_SCORE = 0.85  # below it, resized or re-encoded copies are rare (flips: 0.93)
 MIN_PROBABILITY = 0.95  # less likely to be a copy than this: not reported as one (a wrong
 # link merges two groups; at 0.95, 98 % of the pairs in the groups are right: RESULTS.md)
 NEIGHBOURS = 8  # candidates an image
 SAME_PICTURE_RMS = 6.0  # levels at 64 px, RGB: the same picture, re-encoded or resized
 SAME_PICTURE_AGREEMENT = 0.8  # ... and its pixels correlate this well (two flat skies do not)
 MIN_AGREEMENT = 0.3  # a placement's pixels correlate at least this, or it is chance
-PREVIEW_SIDE = 256  # JPEG decoded at least this large for the thumbnail checks
+PREVIEW_SIDE = 128  # JPEG decoded at least this large for the thumbnail checks
 PIXEL_BUDGET = 200_000_000  # full-image pixels held at once (RGB: 600 MB), any N
 FEW_KEYPOINTS = 500  # fewer than this (blur, sky): the pixels are searched for the copy too
 WHOLE_FRAME = 0.9  # a placement covering this share of the source is the whole picture
@@ -387,12 +388,13 @@ def examine(coll: Collection, *, neighbours: int = NEIGHBOURS, min_score: float 
     return pairs
 
 
-def plain_copies(coll: Collection, *, after: int, neighbours: int = 4,
-                 min_score: float = MIN_SCORE) -> list[CopyPair]:
+def plain_copies(coll: Collection, *, after: int, neighbours: int = 1,
+                 min_score: float = PLAIN_MIN_SCORE) -> list[CopyPair]:
     """The copies among the images indexed since vector `after` that previews alone
     confirm (`same_picture`: the same file or picture, resized, re-encoded, mirrored or
     turned), for `index` to report as it goes; `find_duplicates` finds crops and edits
-    too. A few milliseconds an image: no keypoints, JPEGs decoded at a fraction of size."""
+    too. About 2 ms an image (a quarter of embedding it): each image's nearest neighbour
+    only, when that is close, no keypoints, JPEGs decoded at a fraction of their size."""
     candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
                                       after=after))
     records = coll.catalog.images_named({i for pair in candidates for i in pair[:2]})
