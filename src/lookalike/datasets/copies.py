@@ -37,8 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from lookalike import verification
-from lookalike.datasets.crops import WALLPAPER_DIRS, WALLPAPER_PACKAGES, detail, find_photos
-from lookalike.errors import LookalikeError
+from lookalike.datasets.crops import WALLPAPER_DIRS, detail, wallpapers
 from lookalike.images import decode
 
 WIDTH, HEIGHT = 640, 480
@@ -148,11 +147,7 @@ def build_copies(out: Path, *, db_size: int = 2000, queries: int = 150, seed: in
                  folders: tuple[Path, ...] = WALLPAPER_DIRS) -> Path:
     """Write `queries` originals, each with one copy of every family, and distractors up to
     `db_size` images in all, under `out/database/`, with the truth in `out/groups.csv`."""
-    photos = find_photos(folders)
-    if len(photos) < 2:
-        raise LookalikeError(
-            f"{', '.join(map(str, folders))}: fewer than 2 large photos found; install "
-            f"Debian's wallpapers with: apt-get install {WALLPAPER_PACKAGES}")
+    photos = wallpapers(folders)
     rng = np.random.default_rng(seed)
     tiles = [tile for tiles in _distinct_photos(photos) for tile in tiles]
     originals = min(queries, len(tiles))

@@ -96,13 +96,19 @@ def _partial_copy(tile: Image.Image, rng: np.random.Generator) -> Image.Image:
     return copy.resize((max(16, round(copy.width * scale)),) * 2, Image.Resampling.BILINEAR)
 
 
-def build_photo_crops(out: Path, *, db_size: int = 2000, queries: int = 150, seed: int = 0,
-                      folders: tuple[Path, ...] = WALLPAPER_DIRS) -> Path:
+def wallpapers(folders: tuple[Path, ...] = WALLPAPER_DIRS) -> dict[str, Path]:
+    """`find_photos`, or an error saying how to install them when there are too few."""
     photos = find_photos(folders)
     if len(photos) < 2:
         raise LookalikeError(
             f"{', '.join(map(str, folders))}: fewer than 2 large photos found; install "
             f"Debian's wallpapers with: apt-get install {WALLPAPER_PACKAGES}")
+    return photos
+
+
+def build_photo_crops(out: Path, *, db_size: int = 2000, queries: int = 150, seed: int = 0,
+                      folders: tuple[Path, ...] = WALLPAPER_DIRS) -> Path:
+    photos = wallpapers(folders)
     rng = np.random.default_rng(seed)
     tiles: list[tuple[str, str, Image.Image]] = []  # (doc id, photo, pixels)
     for key, path in photos.items():
