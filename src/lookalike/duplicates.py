@@ -27,7 +27,7 @@ import shutil
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,6 @@ from PIL import Image
 
 from lookalike import copy_probability, verification
 from lookalike.atomic import atomic_write
-from lookalike.catalog import ImageRecord
 from lookalike.collection import Collection
 from lookalike.copy_probability import CopyProbability, Reliability
 from lookalike.copy_truth import Truth, linked
@@ -56,7 +55,7 @@ SAME_PICTURE_RMS = 6.0  # levels at 64 px, RGB: the same picture, re-encoded or 
 SAME_PICTURE_AGREEMENT = 0.8  # ... and its pixels correlate this well (two flat skies do not)
 MIN_AGREEMENT = 0.3  # a placement's pixels correlate at least this, or it is chance
 PREVIEW_SIDE = 128  # JPEG decoded at least this large for the thumbnail checks
-PIXEL_BUDGET = 200_000_000  # full-image pixels held at once (RGB: 600 MB), any N
+PICTURES_HELD = 6000  # images whose keypoints are kept (about 150 KB each: 0.9 GB)
 FEW_KEYPOINTS = 500  # fewer than this (blur, sky): the pixels are searched for the copy too
 WHOLE_FRAME = 0.9  # a placement covering this share of the source is the whole picture
 
@@ -113,7 +112,7 @@ class _Picture:
     def preview(self) -> Image.Image:
         return self.decoded_preview.image
 
-    @property
+    @functools.cached_property
     def size(self) -> tuple[int, int]:
         return self.decoded_preview.full_size
 
@@ -131,30 +130,31 @@ class _Picture:
     def keypoints(self) -> verification.Keypoints:
         return verification.keypoints(self.image)
 
+    def release(self) -> None:
+        """Drop the pixels, keep what was learnt from them (size, thumbnail, keypoints): most
+        pairs never need an image's pixels again, and they are most of its memory."""
+        if "decoded_preview" in self.__dict__:
+            _ = (self.size, self.small)  # made now, from the pixels about to go
+        self.__dict__.pop("image", None)
+        self.__dict__.pop("decoded_preview", None)
+
 
 class _Pictures:
-    """Pictures by id, made when first asked for; the least recently used are dropped past
-    `budget` pixels of full images (what their memory goes to), so memory stays bounded
-    however many images a run looks at."""
+    """Pictures by id, made when first asked for, the `held` most recently used kept: with
+    their pixels released after each pair (`_Picture.release`), each holds its keypoints
+    and thumbnail (about 150 KB), so memory stays bounded however many images a run sees."""
 
-    def __init__(self, root: Path, records: Mapping[str, ImageRecord],
-                 budget: int = PIXEL_BUDGET) -> None:
-        self.root, self.records, self.budget = root, records, budget
+    def __init__(self, root: Path, held: int = PICTURES_HELD) -> None:
+        self.root, self.limit = root, held
         self.held: OrderedDict[str, _Picture] = OrderedDict()
-        self.pixels = 0
-
-    def _cost(self, image_id: str) -> int:
-        record = self.records.get(image_id)
-        return ((record.width or 0) * (record.height or 0) if record else 0) or 10**7
 
     def __call__(self, image_id: str) -> _Picture:
         if image_id in self.held:
             self.held.move_to_end(image_id)
             return self.held[image_id]
         self.held[image_id] = picture = _Picture(image_path(self.root, image_id))
-        self.pixels += self._cost(image_id)
-        while self.pixels > self.budget and len(self.held) > 2:
-            self.pixels -= self._cost(self.held.popitem(last=False)[0])
+        if len(self.held) > self.limit:
+            self.held.popitem(last=False)
         return picture
 
 
@@ -373,7 +373,7 @@ def examine(coll: Collection, *, neighbours: int = NEIGHBOURS, min_score: float 
     candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
                                       after=after))
     records = coll.catalog.images_named({i for pair in candidates for i in pair[:2]})
-    picture = _Pictures(coll.root or coll.path, records)
+    picture = _Pictures(coll.root or coll.path)
     pairs = []
     for done, (x, y, score) in enumerate(candidates, start=1):
         try:
@@ -382,6 +382,8 @@ def examine(coll: Collection, *, neighbours: int = NEIGHBOURS, min_score: float 
                             score=score, a_id=x, b_id=y)
         except (ImageError, OSError):  # changed or gone since indexing: not judged
             pair = None
+        picture(x).release()
+        picture(y).release()
         pairs.append(pair or CopyPair(x, y, "similar", score))
         if progress is not None:
             progress(done, len(candidates))
@@ -398,7 +400,7 @@ def plain_copies(coll: Collection, *, after: int, neighbours: int = 1,
     candidates = list(candidate_pairs(coll, neighbours=neighbours, min_score=min_score,
                                       after=after))
     records = coll.catalog.images_named({i for pair in candidates for i in pair[:2]})
-    picture = _Pictures(coll.root or coll.path, records)
+    picture = _Pictures(coll.root or coll.path)
     found = []
     for x, y, score in candidates:
         try:
@@ -407,6 +409,9 @@ def plain_copies(coll: Collection, *, after: int, neighbours: int = 1,
                                 score=score, a_id=x, b_id=y)
         except (ImageError, OSError):
             continue
+        finally:
+            picture(x).release()
+            picture(y).release()
         if pair is not None:
             found.append(pair)
     return found
