@@ -18,6 +18,7 @@ import uvicorn
 from playwright import sync_api
 
 from lookalike import Collection
+from lookalike.encoders import Encoder
 from lookalike.server import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -234,7 +235,7 @@ def test_odd_names_thin_images_and_a_phone_screen(page: sync_api.Page, photo_dir
 
 
 def test_the_duplicates_view_shows_each_group_and_opens_an_image(
-        page: sync_api.Page, tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+        page: sync_api.Page, tmp_path: Path, encoder: Encoder) -> None:
     from lookalike.duplicates import find_duplicates, record_run
 
     status = page.locator("#dups-status")
