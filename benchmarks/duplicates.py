@@ -1,7 +1,7 @@
 """Near-duplicates: `lookalike duplicates` against imagededup's hashes, on one set.
 
     .venv/bin/python benchmarks/duplicates.py [--set DIR] [--originals 150] [--size 2000]
-        [--regions grid@160] [--write-default]
+        [--regions grid@160] [--write-default] [--plot reliability.png]
 
 `--set` is a `lookalike dataset copies` folder (built there when missing): originals, one
 copy of each of ten kinds, distractors (half of them transformed alike). Its images are
@@ -19,7 +19,7 @@ indexed into a collection beside it, then:
   grouped the same way.
 
 `--write-default` saves the fit on all pairs as the probability model the package ships
-(src/lookalike/copy_probability.json).
+(src/lookalike/copy_probability.json); `--plot` draws the reliability diagram (matplotlib).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike import Collection
+from lookalike.copy_probability import Reliability
 from lookalike.copy_truth import Quality, Truth, linked, quality, read_truth
 from lookalike.datasets import build_dataset
 from lookalike.datasets.copies import FAMILIES, RELATION
@@ -51,7 +52,7 @@ MAX_DISTANCE = 16  # of 64 bits; imagededup's default is 10
 FAMILY_ORDER = (*FAMILIES, "copy-copy")
 
 
-def lookalike_rows(coll_path: Path, truth: Truth, write_default: bool
+def lookalike_rows(coll_path: Path, truth: Truth, write_default: bool, plot: Path | None
                    ) -> tuple[dict[float, Quality], dict[str, float], list[str]]:
     with Collection.open(coll_path) as coll:
         start = time.perf_counter()
@@ -65,6 +66,8 @@ def lookalike_rows(coll_path: Path, truth: Truth, write_default: bool
                              f"({images} images, efficientnet_lite0)")
     if write_default:
         fitted.model.save(SHIPPED)
+    if plot is not None:
+        draw_reliability(fitted.reliability, plot)
     found = {}
     for threshold in THRESHOLDS:
         copies = [p for p, chance in zip(fitted.judged, fitted.held_out, strict=True)
@@ -76,6 +79,28 @@ def lookalike_rows(coll_path: Path, truth: Truth, write_default: bool
     table = [f"  {low:.1f}-{low + 0.1:.1f}  predicted {mean:.3f}  observed {seen:.3f}  "
              f"pairs {n}" for low, mean, seen, n in fitted.reliability.bins]
     return found, stats | _relations_named(copies, truth), table  # named at the default
+
+
+def draw_reliability(reliability: Reliability, path: Path) -> None:
+    """Predicted against observed, each bin a point sized by its pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="#999", linewidth=1, label="perfect")
+    predicted, observed, pairs = (np.array([b[i] for b in reliability.bins])
+                                  for i in (1, 2, 3))
+    ax.scatter(predicted, observed, s=20 + 200 * np.sqrt(pairs / pairs.max()), zorder=3,
+               label="held-out pairs, by bin")
+    ax.set(xlabel="predicted probability of a copy", ylabel="share that are copies",
+           xlim=(0, 1), ylim=(0, 1),
+           title=f"expected calibration error {reliability.expected_error:.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _relations_named(copies: list[CopyPair], truth: Truth) -> dict[str, float]:
@@ -127,6 +152,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--regions", default="grid@160")
     parser.add_argument("--write-default", action="store_true")
+    parser.add_argument("--plot", type=Path, help="draw the reliability diagram here")
     args = parser.parse_args()
     if not (args.set / "groups.csv").exists():
         build_dataset("copies", args.set, db_size=args.size, queries=args.originals, seed=0)
@@ -140,7 +166,7 @@ def main() -> None:
                                regions=args.regions) as coll:
             coll.index_folder(args.set / "database")
         print(f"indexed in {time.perf_counter() - start:.0f} s")
-    found, stats, table = lookalike_rows(coll_path, truth, args.write_default)
+    found, stats, table = lookalike_rows(coll_path, truth, args.write_default, args.plot)
     print(f"\n{int(stats['images'])} images, regions {args.regions}; "
           f"{int(stats['candidates'])} candidate pairs")
     print(f"lookalike: nearest-neighbour searches {stats['search_s']:.1f} s, examining "
