@@ -109,3 +109,26 @@ def test_the_project_ships_a_fit_for_collections_without_their_own(tmp_path: Pat
     pairs, labels = _judged(500, seed=3)
     fit(pairs, labels, fitted_on="mine").save(tmp_path / "copy-probability.json")
     assert CopyProbability.for_collection(tmp_path).fitted_on == "mine"
+
+
+def test_fit_probability_holds_out_whole_groups(tmp_path: Path) -> None:
+    from lookalike.copy_truth import Truth
+    from lookalike.duplicates import CopyPair, fit_probability
+
+    rng = np.random.default_rng(4)
+    group: dict[str, str | None] = {}
+    pairs = []
+    for g in range(60):  # an original and its copy, each confirmed by agreeing pixels
+        group[f"o{g}"], group[f"c{g}"] = f"g{g}", f"g{g}"
+        pairs.append(CopyPair(f"o{g}", f"c{g}", "cropped", 0.8, inliers=40,
+                              agreement=float(rng.uniform(0.6, 1.0))))
+        group[f"x{g}"] = None  # a look-alike: placed by chance, pixels disagree
+        pairs.append(CopyPair(f"o{g}", f"x{g}", "cropped", 0.8, inliers=9,
+                              agreement=float(rng.uniform(-0.2, 0.5))))
+    fitted = fit_probability(pairs, Truth(group, {}), fitted_on="test")
+    assert len(fitted.judged) == 120 and fitted.is_copy.sum() == 60
+    assert fitted.held_out[fitted.is_copy].min() > fitted.held_out[~fitted.is_copy].max()
+    assert fitted.reliability.expected_error < 0.2
+    few = Truth({"o0": "g0", "c0": "g0", "x0": None}, {})
+    with pytest.raises(LookalikeError, match="too few to hold half of the groups out"):
+        fit_probability(pairs[:2], few)

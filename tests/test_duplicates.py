@@ -244,3 +244,16 @@ def test_index_says_how_many_new_images_have_a_plain_copy(tmp_path: Path, sample
     chelsea.crop((100, 30, 330, 250)).save(folder / "eye.png")  # a crop: not a plain copy
     shutil.copy(folder / "coffee.jpg", folder / "coffee-again.jpg")
     assert "3 of the images indexed now have a copy in the collection" in index()
+
+
+def test_fit_probability_on_too_few_groups_is_one_clear_line(collection: Path,
+                                                             tmp_path: Path) -> None:
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\nchelsea.jpg,cat\n" + "".join(
+        f"{name},cat\n" for name in COPIES) + "coffee.jpg,\n")
+    result = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "-c",
+                             str(collection), "--no-progress", "--fit-probability",
+                             str(groups)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "too few to hold half" in result.stderr
+    assert not (collection / "copy-probability.json").exists()  # nothing half-fitted kept

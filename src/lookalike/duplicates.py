@@ -459,6 +459,10 @@ def fit_probability(examined: Sequence[CopyPair], truth: Truth, *, fitted_on: st
     judged = [p for p in examined if p.a in truth.group and p.b in truth.group]
     labels = np.array([truth.is_copy(p.a, p.b) for p in judged], bool)
     fold = np.array([zlib.crc32((truth.group[p.a] or p.a).encode()) % 2 for p in judged])
+    if any(len(set(labels[fold == half].tolist())) < 2 for half in (0, 1)):
+        raise LookalikeError(
+            f"{len(judged)} judged candidate pairs are too few to hold half of the groups "
+            "out: each half needs pairs that are copies and pairs that are not")
     predicted = np.zeros(len(judged))
     for half in (0, 1):
         model = copy_probability.fit([p for p, f in zip(judged, fold, strict=True)
