@@ -34,7 +34,6 @@ import numpy as np
 from lookalike.atomic import atomic_write
 from lookalike.errors import LookalikeError
 
-KINDS = ("exact", "pixels", "keypoints", "template", "none")
 FEATURES = ("exact", "pixels", "pixels:agreement", "pixels:error",
             "keypoints", "keypoints:inliers", "keypoints:agreement",
             "template", "template:agreement", "template:error", "none", "score")
