@@ -1,84 +1,90 @@
-"""Head mode on the default backbone: test mAP of the frozen embedding vs a trained head.
+"""Training on groups it never saw: does a trained head beat the frozen encoder there?
 
-    python benchmarks/train_head.py [--sets fashion-mnist emoji] [--out runs/]
+    python benchmarks/train_head.py [--sets emoji fashion-mnist copies] [--variants ...]
+                                    [--out runs/]
 
-fashion-mnist: the head trains on train-split photos (a stratified sample; 1,000 more for
-validation); test queries and database both come from the test split (same class =
-relevant). emoji: the head trains on the Google and Twitter drawings of the `train` emoji
-(label = the emoji; never a test emoji), validation on a tenth of them; the test is the
-emoji set of `lookalike dataset emoji`: Google drawings of test emoji query 2,000 Twitter
-drawings, relevant = the same emoji (grade 5). Prints one markdown table.
+Every set is split by group, and nothing of a test group is seen in training (validation,
+which picks the epoch, holds out whole training groups, as `lookalike train` does):
+- emoji: the head trains on the Google and Twitter drawings of the set's `train` emoji
+  (label = the emoji); the test is `lookalike dataset emoji`'s: Google drawings of the test
+  emoji query 2,000 Twitter drawings, relevant = the same emoji;
+- fashion-mnist: trains on 600 photos of each of classes 0-6 (train split); the test is 500
+  photos of each of the unseen classes 7-9 (test split) querying each other, same class =
+  relevant;
+- copies: `lookalike dataset copies` split by original: the copy groups of half the
+  originals train (label = the original); the other half's images and half of the
+  distractors form the test database, each grouped image queries it, same original =
+  relevant.
+
+The frozen encoder's vectors are cached in OUT/features (embedding is the slow part); each
+variant then trains in seconds. Test figures over the whole test ranking (trec_eval
+conventions) with a paired randomization test against the frozen encoder. Prints one
+markdown table.
 """
 
 from __future__ import annotations
 
-import argparse
+import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from lookalike import create_encoder
-from lookalike.datasets.builders import (
-    FASHION_DIR,
-    _read_idx,
-    build_emoji,
-    emoji_dir,
-)
-from lookalike.datasets.layout import stratified_pick
+from lookalike.datasets.builders import FASHION_DIR, _read_idx, build_emoji, emoji_dir
+from lookalike.datasets.copies import build_copies
 from lookalike.encoders import Encoder
-from lookalike.encoders.model_folder import save_model
 from lookalike.metrics import Ranked, per_query
-from lookalike.train.head import (
-    HeadConfig,
-    augmented_view,
-    plot_history,
-    train_head,
-)
 from lookalike.trec import read_qrels, read_queries
 
+FASHION_TRAIN_CLASSES, FASHION_TEST_CLASSES = range(7), range(7, 10)
+METRICS = (("map", "map"), ("r@1", "success@1"), ("ndcg@10", "ndcg@10"))
 
-def test_map(queries: np.ndarray, q_labels: np.ndarray, db: np.ndarray, db_labels: np.ndarray,
-             same_set: bool) -> float:
-    """mAP over the whole database (leave-one-out when queries are the database)."""
+
+def test_metrics(queries: np.ndarray, q_labels: np.ndarray, db: np.ndarray,
+                 db_labels: np.ndarray, q_in_db: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Per-query mAP, R@1 and nDCG@10 over the whole database; `q_in_db`: each query's own
+    row in the database, left out of its ranking."""
     sims = queries @ db.T
-    if same_set:
-        np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1)[:, : db.shape[0] - int(same_set)]
+    left_out = int(q_in_db is not None)
+    if q_in_db is not None:
+        sims[np.arange(len(queries)), q_in_db] = -np.inf
+    order = np.argsort(-sims, axis=1)[:, : db.shape[0] - left_out]
     grades = (db_labels[order] == q_labels[:, None]).astype(np.int64)
-    counts = (db_labels[None, :] == q_labels[:, None]).sum(axis=1) - int(same_set)
+    counts = (db_labels[None, :] == q_labels[:, None]).sum(axis=1) - left_out
     ideal = (np.arange(max(1, counts.max()))[None, :] < counts[:, None]).astype(np.int64)
     ranked = Ranked([str(i) for i in range(len(queries))], grades,
                     np.full(len(queries), order.shape[1]), ideal)
-    return float(per_query(ranked, "map").mean())
+    return {name: per_query(ranked, metric) for name, metric in METRICS}
 
 
-def fashion(encoder: Encoder, train: int, self_supervised: bool = False
-            ) -> dict[str, np.ndarray]:
+def test_map(queries: np.ndarray, q_labels: np.ndarray, db: np.ndarray, db_labels: np.ndarray
+             ) -> float:
+    return float(test_metrics(queries, q_labels, db, db_labels)["map"].mean())
+
+
+def _embed_arrays(encoder: Encoder, arrays: np.ndarray) -> np.ndarray:
+    return encoder.encode([Image.fromarray(a).convert("RGB") for a in arrays], batch_size=64,
+                          progress=True)
+
+
+def fashion(encoder: Encoder, _work: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     images = _read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz")
     labels = _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
-    picked = rng.permutation(stratified_pick(labels, train + 1000, rng))  # it sorts by class
+    train = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:600]
+                            for c in FASHION_TRAIN_CLASSES])
     test_images = _read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
     test_labels = _read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
-    test = stratified_pick(test_labels, 2000, rng)
-
-    def embed(arrays: np.ndarray) -> np.ndarray:
-        return encoder.encode([Image.fromarray(a).convert("RGB") for a in arrays],
-                              batch_size=64, progress=True)
-
-    x = embed(images[picked])
-    extra = {}
-    if self_supervised:  # two augmented views of each training photo, no labels used
-        views = [Image.fromarray(a).convert("RGB") for a in images[picked[:train]]]
-        extra = {name: encoder.encode([augmented_view(v, rng) for v in views], batch_size=64,
-                                      progress=True) for name in ("view_a", "view_b")}
-    return {**extra, "train_x": x[:train], "train_y": labels[picked][:train].astype(np.int64),
-            "val_x": x[train:], "val_y": labels[picked][train:].astype(np.int64),
-            "test_q": embed(test_images[test]), "test_q_y": test_labels[test].astype(np.int64)}
+    test = np.concatenate([rng.permutation(np.flatnonzero(test_labels == c))[:500]
+                           for c in FASHION_TEST_CLASSES])
+    q = _embed_arrays(encoder, test_images[test])
+    return {"train_x": _embed_arrays(encoder, images[train]),
+            "train_y": labels[train].astype(np.int64), "q": q,
+            "q_y": test_labels[test].astype(np.int64), "db": q,
+            "db_y": test_labels[test].astype(np.int64), "q_in_db": np.arange(len(test))}
 
 
 def emoji_train_files(data: Path) -> tuple[list[Path], np.ndarray]:
@@ -109,9 +115,8 @@ def emoji_test(encoder: Encoder, data: Path) -> dict[str, np.ndarray]:
     return {"db": encoder.encode(db_files, batch_size=64, progress=True),
             "db_y": np.asarray([f.parent.relative_to(data / "database").as_posix()
                                 for f in db_files]),
-            "test_q": encoder.encode([q.image for q in queries], batch_size=64,
-                                     progress=True),
-            "test_q_y": np.asarray([same_emoji[q.id].rsplit("/", 1)[0] for q in queries])}
+            "q": encoder.encode([q.image for q in queries], batch_size=64, progress=True),
+            "q_y": np.asarray([same_emoji[q.id].rsplit("/", 1)[0] for q in queries])}
 
 
 def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
@@ -119,59 +124,45 @@ def emoji(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
     files, y = emoji_train_files(data)
     x = encoder.encode([Image.open(f).convert("RGBA") for f in files], batch_size=64,
                        progress=True)
-    val = np.isin(y, np.unique(y)[::10])
-    return {"train_x": x[~val], "train_y": y[~val], "val_x": x[val], "val_y": y[val],
-            **emoji_test(encoder, data)}
+    return {"train_x": x, "train_y": y, **emoji_test(encoder, data)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=["fashion-mnist", "emoji"],
-                        help="fashion-mnist, emoji, or fashion-mnist-ssl (self-supervised: "
-                        "two augmented views of each training photo, no labels)")
-    parser.add_argument("--train", type=int, default=6000, help="fashion-mnist train images")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=Path("runs"))
-    args = parser.parse_args()
-    encoder = create_encoder("efficientnet_lite0")
-    torch.set_num_threads(2)
-    rows = []
-    for name in args.sets:
-        start = time.perf_counter()
-        self_supervised = name == "fashion-mnist-ssl"
-        data = fashion(encoder, args.train, self_supervised) if name.startswith("fashion") \
-            else emoji(encoder, args.out)
-        embedded = time.perf_counter() - start
-        config = HeadConfig(epochs=args.epochs, per_label=2 if name == "emoji" else 8)
-        start = time.perf_counter()
-        if self_supervised:
-            head, history = train_head(data["view_a"], None, data["val_x"], data["val_y"],
-                                       config=config, views=data["view_b"],
-                                       on_epoch=lambda r: print(r, flush=True))
-        else:
-            head, history = train_head(data["train_x"], data["train_y"], data["val_x"],
-                                       data["val_y"], config=config,
-                                       on_epoch=lambda r: print(r, flush=True))
-        trained = time.perf_counter() - start
-        save_model(args.out / f"{name}-head", "efficientnet_lite0", head, history, config)
-        plot_history(history, args.out / f"{name}-curve.png")
-
-        def project(x: np.ndarray, head: torch.nn.Module = head) -> np.ndarray:
-            with torch.no_grad():
-                z = head(torch.from_numpy(x.astype(np.float32))).numpy()
-            return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-        same = "db" not in data
-        db, db_y = (data["test_q"], data["test_q_y"]) if same else (data["db"], data["db_y"])
-        before = test_map(data["test_q"], data["test_q_y"], db, db_y, same)
-        after = test_map(project(data["test_q"]), data["test_q_y"], project(db), db_y, same)
-        rows.append(f"| {name} | {len(data['train_x'])} | {before:.3f} | {after:.3f} | "
-                    f"{(after / before - 1) * 100:+.0f} % | {embedded:.0f} | {trained:.0f} |")
-    print("\n| set | train vectors | test mAP frozen | test mAP head | relative | embed s "
-          "| train s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+def copies(encoder: Encoder, work: Path) -> dict[str, np.ndarray]:
+    data = work / "copies"
+    if not (data / "groups.csv").is_file():
+        build_copies(data)
+    with (data / "groups.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    groups = sorted({r["group"] for r in rows if r["group"]})
+    rng = np.random.default_rng(0)
+    train_groups = set(rng.permutation(groups)[: len(groups) // 2].tolist())
+    train = [r for r in rows if r["group"] in train_groups]
+    distractors = [r for r in rows if not r["group"]]
+    test = [r for r in rows if r["group"] and r["group"] not in train_groups] + [
+        distractors[i] for i in rng.permutation(len(distractors))[: len(distractors) // 2]]
+    x = encoder.encode([data / "database" / r["image"] for r in train + test], batch_size=32,
+                       progress=True)
+    # a distractor is its own group: it queries nothing and nothing finds it relevant
+    labels = np.asarray([r["group"] or f"distractor-{r['image']}" for r in train + test])
+    grouped = np.asarray([bool(r["group"]) for r in test])
+    db = x[len(train):]
+    return {"train_x": x[:len(train)], "train_y": labels[:len(train)], "q": db[grouped],
+            "q_y": labels[len(train):][grouped], "db": db, "db_y": labels[len(train):],
+            "q_in_db": np.flatnonzero(grouped)}
 
 
-if __name__ == "__main__":
-    main()
+SETS = {"emoji": emoji, "fashion-mnist": fashion, "copies": copies}
+
+
+def features(name: str, encoder: Encoder | None, out: Path) -> dict[str, np.ndarray]:
+    cached = out / "features" / f"{name}.npz"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        data = SETS[name](encoder or create_encoder("efficientnet_lite0"), out)
+        np.savez(cached, **data)
+    return dict(np.load(cached))
+
+
+if __name__ == "__main__" and __import__("sys").argv[1:2] == ["--cache-only"]:
+    for set_name in SETS:
+        features(set_name, None, Path(__import__("sys").argv[2]))

@@ -15,8 +15,8 @@ from lookalike.train.head import (
     _pk_batches,
     plot_history,
     train_head,
-    validation_metrics,
 )
+from lookalike.train.validation import validation_metrics
 
 
 def _features(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray,
@@ -35,7 +35,8 @@ def test_head_training_raises_validation_map(tmp_path: Path) -> None:
     train_x, train_y = _features(rng, 2000, centres)
     val_x, val_y = _features(rng, 400, centres)
     config = HeadConfig(epochs=8, batch_size=128, hidden=128, patience=3)
-    head, history = train_head(train_x, train_y, val_x, val_y, config=config)
+    head, fitted = train_head(train_x, train_y, val_x, val_y, config=config)
+    history = fitted.history
     frozen = validation_metrics(val_x, val_y)
     assert history[0]["map"] == frozen["map"]  # epoch 0 is the identity: the backbone
     best = max(h["map"] for h in history)
@@ -43,6 +44,9 @@ def test_head_training_raises_validation_map(tmp_path: Path) -> None:
     with torch.no_grad():
         trained = head(torch.from_numpy(val_x)).numpy()
     assert validation_metrics(trained, val_y)["map"] == best  # the best epoch was kept
+    held_out = {m.metric: m for m in fitted.held_out.metrics}
+    assert held_out["map"].mean_a == frozen["map"] and held_out["map"].mean_b == best
+    assert fitted.held_out.gained and held_out["map"].p_value < 0.001
     plot_history(history, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
@@ -90,5 +94,5 @@ def test_self_supervised_views_train_without_labels() -> None:
         np.float32)
     val_x, val_y = _features(rng, 300, centres)
     config = HeadConfig(epochs=6, batch_size=128, hidden=128, patience=3)
-    _, history = train_head(train_x, None, val_x, val_y, config=config, views=views)
-    assert max(h["map"] for h in history) > history[0]["map"] * 1.2
+    _, fitted = train_head(train_x, None, val_x, val_y, config=config, views=views)
+    assert max(h["map"] for h in fitted.history) > fitted.history[0]["map"] * 1.2

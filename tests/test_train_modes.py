@@ -40,8 +40,9 @@ def test_finetuning_the_last_layer_group_gives_a_loadable_encoder(tmp_path: Path
     paths, labels = _views(samples, tmp_path / "views")
     config = FinetuneConfig(epochs=2, batch_size=16, per_label=4, trainable="last:1",
                             lr=1e-3, patience=5)
-    history = train_model(paths, labels, tmp_path / "model", mode="finetune", config=config,
-                          val_fraction=0.3, progress=False)
+    fitted = train_model(paths, labels, tmp_path / "model", mode="finetune", config=config,
+                         val_fraction=0.3, progress=False)
+    history = fitted.history
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert max(h["map"] for h in history[1:]) > history[0]["map"]  # kept: a better epoch
     assert all(np.isfinite(h["loss"]) for h in history[1:])
@@ -75,7 +76,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path: Path) -> None
     x, y = rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 10, 300)
     vx, vy = rng.normal(size=(60, 16)).astype(np.float32), rng.integers(0, 10, 60)
     config = HeadConfig(epochs=4, batch_size=64, hidden=32, patience=10)
-    head, history = train_head(x, y, vx, vy, config=config)
+    head, fitted = train_head(x, y, vx, vy, config=config)
 
     def stop_after_two(row: dict[str, object]) -> None:
         if row["epoch"] == 2:
@@ -85,8 +86,9 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         train_head(x, y, vx, vy, config=config, checkpoint=checkpoint,
                    on_epoch=stop_after_two)
-    resumed, resumed_history = train_head(x, y, vx, vy, config=config, checkpoint=checkpoint)
-    assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
+    resumed, again = train_head(x, y, vx, vy, config=config, checkpoint=checkpoint)
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in fitted.history]
+    assert again.held_out == fitted.held_out
     for a, b in zip(head.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -106,14 +108,18 @@ def test_positives_from_judgements_are_connected_components(tmp_path: Path) -> N
         judged_labels(tmp_path, queries[:2], {"q1": {"b.jpg": 3}}, threshold=5)
 
 
-def test_validation_split_keeps_a_positive_for_every_item() -> None:
-    from lookalike.train.run import validation_split
+def test_validation_holds_out_whole_groups() -> None:
+    from lookalike.train.validation import held_out_groups
 
     labels = np.concatenate([np.repeat(np.arange(300), 2), np.repeat([300, 301], 50),
-                             np.repeat([302], 5)])
-    val = validation_split(labels, 0.1, np.random.default_rng(0))
-    held = labels[val]
-    assert all((held == label).sum() >= 2 for label in held)  # no orphan in validation
-    assert 0.05 < val[:600].mean() < 0.15  # about a tenth of the pairs, whole
-    assert (held == 300).sum() == (held == 301).sum() == 5  # a tenth of each large class
-    assert (held == 302).sum() == 2  # at least two of a small class, three left to train
+                             np.repeat([302], 5), [303]])
+    val = held_out_groups(labels, 0.1, np.random.default_rng(0))
+    held, trained = set(labels[val].tolist()), set(labels[~val].tolist())
+    assert not held & trained  # no group on both sides
+    assert 303 not in held  # a single image has no positive to validate with
+    assert 0.08 < val.mean() < 0.25  # about a tenth of the images
+    classes = np.repeat(np.arange(7), 30)  # class-labelled folders: whole classes
+    val = held_out_groups(classes, 0.1, np.random.default_rng(0))
+    assert len(set(classes[val].tolist())) == 2 and len(set(classes[~val].tolist())) == 5
+    with pytest.raises(LookalikeError, match="3 groups of two or more images"):
+        held_out_groups(np.repeat(np.arange(3), 4), 0.1, np.random.default_rng(0))

@@ -259,11 +259,18 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
               help="The model folder to write; use it as `--model OUT`.")
 @click.option("--model", "base", default="efficientnet_lite0", show_default=True,
               help="The backbone to start from.")
-@click.option("--mode", type=click.Choice(["head", "finetune"]), default="head",
-              show_default=True, help="Train a head on frozen features, or the backbone.")
+@click.option("--mode", type=click.Choice(["head", "self-supervised", "finetune"]),
+              default="head", show_default=True,
+              help="head: a small head on frozen features learns from labelled groups "
+              "(fast, the default). self-supervised: the same head learns from augmented "
+              "views alone, no labels needed. finetune: the backbone's last layers learn "
+              "(slow without a GPU).")
 @click.option("--trainable", default="last:2", show_default=True,
               help="finetune: 'all' or 'last:N' layer groups of the backbone.")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: head 30, finetune 5]")
+@click.option("--patience", type=click.IntRange(min=1),
+              help="Stop after this many epochs without a better held-out mAP "
+              "[default: head 5, finetune 3].")
 @click.option("--batch-size", type=click.IntRange(min=4),
               help="[default: head 256, finetune 32]")
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
@@ -271,18 +278,25 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
 @click.option("--temperature", default=0.1, show_default=True,
               type=click.FloatRange(0, min_open=True))
 @click.option("--val-fraction", default=0.1, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="About this share of the images, as whole groups, is held out to "
+              "validate on.")
 @click.option("--queries", "queries_path", type=click.Path(path_type=Path),
               help="With --qrels: similar = judged at least --threshold, not same folder.")
 @click.option("--qrels", "qrels_path", type=click.Path(path_type=Path))
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(1, 5))
+@click.option("--require-gain", is_flag=True,
+              help="Exit with status 1 unless the trained model beats the frozen encoder "
+              "on the held-out groups (mAP, p < 0.05).")
 @click.option("--resume", is_flag=True, help="Continue from OUT's last epoch checkpoint.")
 def train(folder: Path, out: Path, base: str, mode: str, trainable: str, epochs: int | None,
-          batch_size: int | None, lr: float | None, temperature: float, val_fraction: float,
-          queries_path: Path | None, qrels_path: Path | None, threshold: int,
-          resume: bool) -> None:
+          patience: int | None, batch_size: int | None, lr: float | None, temperature: float,
+          val_fraction: float, queries_path: Path | None, qrels_path: Path | None,
+          threshold: int, require_gain: bool, resume: bool) -> None:
     """Contrastive training on FOLDER's images (similar = same subfolder, or judged similar
-    by --qrels); writes a model folder that `--model` accepts."""
+    by --qrels; self-supervised needs neither); writes a model folder that `--model`
+    accepts. Whole groups are held out, and the trained model is compared with the frozen
+    encoder on them: what groups it never saw get."""
     from lookalike.train.finetune import FinetuneConfig
     from lookalike.train.head import HeadConfig
     from lookalike.train.run import folder_labels, judged_labels, train_model
@@ -290,20 +304,36 @@ def train(folder: Path, out: Path, base: str, mode: str, trainable: str, epochs:
 
     if (queries_path is None) != (qrels_path is None):
         raise click.UsageError("--queries and --qrels go together")
+    labels: Any = None
     if queries_path is not None and qrels_path is not None:
         paths, labels = judged_labels(folder, read_queries(queries_path),
                                       read_qrels(qrels_path), threshold)
-    else:
+    elif mode != "self-supervised" or _has_subfolders(folder):
         paths, labels = folder_labels(folder)
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    else:
+        from lookalike.folder import scan_images
+
+        paths = list(scan_images(folder).values())
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience}
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    config = (HeadConfig(temperature=temperature, **options) if mode == "head" else
-              FinetuneConfig(temperature=temperature, trainable=trainable, **options))
-    history = train_model(paths, labels, out, base=base, mode=mode,  # type: ignore[arg-type]
-                          config=config, val_fraction=val_fraction, resume=resume)
-    best = max(history, key=lambda h: h["map"])
-    click.echo(f"{out}: validation mAP {history[0]['map']:.3f} before -> {best['map']:.3f} "
-               f"(epoch {best['epoch']}); curve in {out / 'curve.png'}")
+    config = (FinetuneConfig(temperature=temperature, trainable=trainable, **options)
+              if mode == "finetune" else HeadConfig(temperature=temperature, **options))
+    fitted = train_model(paths, labels, out, base=base, mode=mode,  # type: ignore[arg-type]
+                         config=config, val_fraction=val_fraction, resume=resume)
+    click.echo(fitted.held_out.table())
+    if fitted.best_epoch == 0:
+        click.echo(f"warning: no epoch beat the frozen encoder on the held-out groups; {out} "
+                   f"holds {base} unchanged, so `--model {base}` does as well", err=True)
+    elif not fitted.held_out.gained:
+        click.echo(f"note: epoch {fitted.best_epoch} is ahead of the frozen encoder on the "
+                   "held-out groups, but not significantly (mAP p >= 0.05)", err=True)
+    click.echo(f"{out}: best epoch {fitted.best_epoch}; curve in {out / 'curve.png'}")
+    if require_gain and not fitted.held_out.gained:
+        raise SystemExit(1)
+
+
+def _has_subfolders(folder: Path) -> bool:
+    return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
 @cli.command()

@@ -21,14 +21,16 @@ MODEL_FILE = "lookalike-model.json"
 
 def save_model(folder: Path, base_encoder: str, head: ProjectionHead | None,
                history: list[dict[str, Any]], config: Any, *,
-               backbone: nn.Module | None = None) -> None:
+               backbone: nn.Module | None = None,
+               held_out: dict[str, Any] | None = None) -> None:
     """Write the weights first and the description last, each atomically, so a folder
-    with a description is complete."""
+    with a description is complete. `held_out`: how it compares with the frozen encoder on
+    groups it never trained on."""
     folder.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"base": base_encoder, "head": None, "backbone": None,
                             "training": asdict(config) if is_dataclass(config)
                             and not isinstance(config, type) else config,
-                            "history": history}
+                            "history": history, "held_out": held_out}
     if head is not None:
         with atomic_write(folder / "head.pt", "wb") as fh:
             torch.save(head.state_dict(), fh)

@@ -22,8 +22,8 @@ from torch import nn
 from lookalike.encoders.heads import L2Normalized, PixelNormalize
 from lookalike.encoders.spec import EncoderSpec
 from lookalike.errors import LookalikeError
-from lookalike.train.head import _pk_batches, validation_metrics
-from lookalike.train.loop import LoopSettings, fit
+from lookalike.train.head import _pk_batches
+from lookalike.train.loop import Fitted, LoopSettings, fit
 from lookalike.train.losses import SupConLoss
 
 
@@ -106,9 +106,10 @@ def finetune(spec: EncoderSpec, train_pixels: np.ndarray, train_labels: np.ndarr
              config: FinetuneConfig | None = None, device: str | None = None,
              checkpoint: Path | None = None, progress: bool = False,
              on_epoch: Callable[[dict[str, Any]], None] | None = None
-             ) -> tuple[nn.Module, list[dict[str, Any]]]:
+             ) -> tuple[nn.Module, Fitted]:
     """Fine-tune `spec`'s backbone on (N, S, S, 3) uint8 pixels with labels; returns the
-    backbone with the best epoch's weights (by validation mAP) and the history."""
+    backbone with the best epoch's weights (by the held-out items' mAP) and what the run
+    did."""
     cfg = config or FinetuneConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -126,13 +127,12 @@ def finetune(spec: EncoderSpec, train_pixels: np.ndarray, train_labels: np.ndarr
         pixels = torch.where(flip[:, None, None, None], pixels.flip(2), pixels)
         return loss_fn(model(pixels).float(), labels[torch.from_numpy(index).to(device)])
 
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
+    def embed_validation() -> np.ndarray:
         out = [model(torch.from_numpy(val_pixels[i:i + 64]).to(device)).float().cpu().numpy()
                for i in range(0, len(val_pixels), 64)]
-        return validation_metrics(np.concatenate(out), val_labels)
+        return np.concatenate(out)
 
-    history = fit(model, lambda: _pk_batches(train_labels, cfg.batch_size, cfg.per_label, rng),
-                  batch_loss, validate, cfg.settings, rng, checkpoint=checkpoint,
-                  progress=progress, on_epoch=on_epoch)
-    return backbone.cpu().eval(), history
+    fitted = fit(model, lambda: _pk_batches(train_labels, cfg.batch_size, cfg.per_label, rng),
+                 batch_loss, embed_validation, val_labels, cfg.settings, rng,
+                 checkpoint=checkpoint, progress=progress, on_epoch=on_epoch)
+    return backbone.cpu().eval(), fitted

@@ -22,11 +22,8 @@ from PIL import Image
 
 from lookalike.atomic import atomic_write
 from lookalike.encoders.heads import ProjectionHead
-from lookalike.metrics import Ranked, per_query
-from lookalike.train.loop import LoopSettings, fit
+from lookalike.train.loop import Fitted, LoopSettings, fit
 from lookalike.train.losses import InfoNCELoss, SupConLoss
-
-VALIDATION_DEPTH = 100
 
 
 @dataclass
@@ -45,22 +42,6 @@ class HeadConfig:
     @property
     def settings(self) -> LoopSettings:
         return LoopSettings(self.epochs, self.lr, self.weight_decay, self.patience)
-
-
-def validation_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Leave-one-out R@1, mAP and nDCG@10 of `vectors` (same label = relevant), cut at the
-    top 100 (trec_eval's conventions: R from all same-label items)."""
-    z = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = z @ z.T
-    np.fill_diagonal(sims, -np.inf)
-    depth = min(VALIDATION_DEPTH, len(z) - 1)
-    top = np.argsort(-sims, axis=1)[:, :depth]
-    grades = (labels[top] == labels[:, None]).astype(np.int64)
-    counts = (labels[:, None] == labels[None, :]).sum(axis=1) - 1
-    ideal = (np.arange(max(1, counts.max()))[None, :] < counts[:, None]).astype(np.int64)
-    ranked = Ranked([str(i) for i in range(len(z))], grades, np.full(len(z), depth), ideal)
-    return {name: float(per_query(ranked, metric).mean())
-            for name, metric in (("r@1", "success@1"), ("map", "map"), ("ndcg@10", "ndcg@10"))}
 
 
 def _pk_batches(labels: np.ndarray, batch_size: int, per_label: int,
@@ -86,9 +67,10 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
                views: np.ndarray | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None,
                checkpoint: Path | None = None, progress: bool = False
-               ) -> tuple[ProjectionHead, list[dict[str, Any]]]:
-    """Train; returns the best head (by validation mAP) and one history row an epoch
-    (epoch 0 = before training, the frozen backbone). Supervised (SupCon over P x K
+               ) -> tuple[ProjectionHead, Fitted]:
+    """Train; returns the best head (by the held-out items' mAP; `val_x` and `val_labels`
+    should be whole groups the training never sees) and what the run did (epoch 0 = before
+    training, the frozen backbone). Supervised (SupCon over P x K
     batches) with `train_labels`; self-supervised with `views`, the features of a second
     augmented view of each training image (InfoNCE, row i of `train_x` against row i of
     `views`, the rest of the batch as negatives). `checkpoint`: see `lookalike.train.loop`.
@@ -119,15 +101,11 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
             return sup_con(head(x[index]), y[index])
     else:
         raise ValueError("give train_labels (supervised) or views (self-supervised)")
-    def validate() -> dict[str, float]:
-        with torch.no_grad():
-            return validation_metrics(head(torch.from_numpy(val_x.astype(np.float32))).numpy(),
-                                      val_labels)
-
-    history = fit(head, batches, lambda batch: batch_loss(torch.from_numpy(batch)), validate,
-                  cfg.settings, rng, checkpoint=checkpoint, progress=progress,
-                  on_epoch=on_epoch)
-    return head.eval(), history
+    val = torch.from_numpy(val_x.astype(np.float32))
+    fitted = fit(head, batches, lambda batch: batch_loss(torch.from_numpy(batch)),
+                 lambda: head(val).numpy(), val_labels, cfg.settings, rng,
+                 checkpoint=checkpoint, progress=progress, on_epoch=on_epoch)
+    return head.eval(), fitted
 
 
 def augmented_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:

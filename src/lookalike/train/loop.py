@@ -1,7 +1,8 @@
 """The training loop both modes share: AdamW with a cosine schedule, mixed precision on a
-GPU, a validation row an epoch, the best epoch kept (early stopping), a progress bar, and a
-checkpoint after every epoch that `resume` continues from exactly (weights, optimiser,
-schedule, history and the batch sampler's random state)."""
+GPU, a validation row an epoch on held-out groups, the best epoch kept (early stopping),
+one progress bar for the run, and a checkpoint after every epoch that `resume` continues
+from exactly (weights, optimiser, schedule, history and the batch sampler's random
+state)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from lookalike.atomic import atomic_write
 from lookalike.errors import LookalikeError
+from lookalike.train.validation import HeldOutComparison, compare_to_frozen, per_query_metrics
 
 
 @dataclass(frozen=True)
@@ -27,18 +29,41 @@ class LoopSettings:
     patience: int  # epochs without a better validation mAP before stopping
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What a training run did: one history row an epoch (epoch 0: before training, the
+    frozen encoder) and the best epoch against epoch 0 on the held-out groups."""
+
+    history: list[dict[str, Any]]
+    held_out: HeldOutComparison
+
+    @property
+    def best_epoch(self) -> int:
+        return self.held_out.best_epoch
+
+
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _means(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(values.mean()) for name, values in per_query.items()}
+
+
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]],
-        batch_loss: Callable[[Any], torch.Tensor], validate: Callable[[], dict[str, float]],
-        settings: LoopSettings, rng: np.random.Generator, *, checkpoint: Path | None = None,
-        progress: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None
-        ) -> list[dict[str, Any]]:
-    """Train the parameters of `model` that require grad; leaves the best epoch's weights in
-    `model` and returns one history row an epoch (epoch 0: before training). With an
-    existing `checkpoint`, training resumes after its last finished epoch."""
+        batch_loss: Callable[[Any], torch.Tensor], embed_validation: Callable[[], np.ndarray],
+        val_labels: np.ndarray, settings: LoopSettings, rng: np.random.Generator, *,
+        checkpoint: Path | None = None, progress: bool = False,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Fitted:
+    """Train the parameters of `model` that require grad, scoring each epoch on the held-out
+    items `embed_validation()` embeds (labelled `val_labels`); leaves the best epoch's
+    weights in `model`. With an existing `checkpoint`, training resumes after its last
+    finished epoch."""
+
+    def validate() -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            return per_query_metrics(embed_validation(), val_labels)
+
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
     amp = device.type == "cuda"
@@ -56,19 +81,22 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]],
             raise LookalikeError(f"{checkpoint}: cannot resume from it ({exc})") from None
         rng.bit_generator.state = saved["rng"]
         history, best_state, waited = saved["history"], saved["best"], saved["waited"]
+        frozen, best = saved["frozen"], saved["best_queries"]
     else:
         model.eval()
-        history, best_state, waited = [{"epoch": 0, "loss": None, **validate()}], _state(model), 0
-    best_map = max(float(h["map"]) for h in history)
+        frozen = best = validate()
+        history, best_state, waited = [{"epoch": 0, "loss": None, **_means(frozen)}], \
+            _state(model), 0
+    best_row = max(history, key=lambda h: float(h["map"]))
 
+    bar = tqdm(total=settings.epochs, initial=len(history) - 1, unit="epoch",
+               desc="training", disable=not progress)
     for epoch in range(len(history), settings.epochs + 1):
         if waited >= settings.patience:
             break
         model.train()
         losses = []
-        bar = tqdm(list(batches()), desc=f"epoch {epoch}/{settings.epochs}", unit="batch",
-                   disable=not progress, leave=False)
-        for batch in bar:
+        for batch in batches():
             with torch.autocast(device.type, enabled=amp):
                 loss = batch_loss(batch)
             optimiser.zero_grad()
@@ -76,25 +104,27 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]],
             scaler.step(optimiser)
             scaler.update()
             losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
         schedule.step()
         model.eval()
-        row: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), **validate()}
+        scored = validate()
+        row: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), **_means(scored)}
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if progress:
-            tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f}  validation mAP {row['map']:.4f}"
-                       f"  R@1 {row['r@1']:.4f}")
-        if row["map"] > best_map:
-            best_state, best_map, waited = _state(model), row["map"], 0
+        if row["map"] > best_row["map"]:
+            best_state, best_row, best, waited = _state(model), row, scored, 0
         else:
             waited += 1
+        bar.update()
+        bar.set_postfix(loss=f"{row['loss']:.3f}", held_out_map=f"{row['map']:.3f}",
+                        best=best_row["epoch"])
         if checkpoint is not None:
             with atomic_write(checkpoint, "wb") as fh:
                 torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                             "rng": rng.bit_generator.state, "history": history,
-                            "best": best_state, "waited": waited}, fh)
+                            "best": best_state, "waited": waited, "frozen": frozen,
+                            "best_queries": best}, fh)
+    bar.close()
     model.load_state_dict(best_state)
-    return history
+    return Fitted(history, compare_to_frozen(frozen, best, val_labels, int(best_row["epoch"])))
