@@ -24,18 +24,24 @@ markdown table.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from lookalike import create_encoder
+from lookalike.comparison import bootstrap_interval, randomization_p_value
 from lookalike.datasets.builders import FASHION_DIR, _read_idx, build_emoji, emoji_dir
 from lookalike.datasets.copies import build_copies
 from lookalike.encoders import Encoder
 from lookalike.metrics import Ranked, per_query
+from lookalike.train.head import HeadConfig, train_head
+from lookalike.train.validation import held_out_groups
 from lookalike.trec import read_qrels, read_queries
 
 FASHION_TRAIN_CLASSES, FASHION_TEST_CLASSES = range(7), range(7, 10)
@@ -163,6 +169,80 @@ def features(name: str, encoder: Encoder | None, out: Path) -> dict[str, np.ndar
     return dict(np.load(cached))
 
 
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "whitening-only": {"epochs": 0},
+    "supcon-whitened-start": {"lr": 1e-3},
+    "no-whitening": {"whiten": False},
+    "lr-1e-4": {"lr": 1e-4},
+    "no-whitening-lr-1e-4": {"whiten": False, "lr": 1e-4},
+}
+
+
+def _project(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        z = head(torch.from_numpy(x.astype(np.float32))).numpy()
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def run_variant(data: dict[str, np.ndarray], options: dict[str, object], seed: int
+                ) -> tuple[dict[str, np.ndarray], int, float]:
+    """Train as `lookalike train` does (whole training groups held out to pick the epoch);
+    the test's per-query figures, the best epoch and the training seconds."""
+    x, y = data["train_x"], data["train_y"]
+    val = held_out_groups(y, 0.1, np.random.default_rng(seed))
+    start = time.perf_counter()
+    head, fitted = train_head(x[~val], y[~val], x[val], y[val],
+                              config=HeadConfig(seed=seed, **options))  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    q_in_db = data.get("q_in_db")
+    return (test_metrics(_project(head, data["q"]), data["q_y"], _project(head, data["db"]),
+                         data["db_y"], q_in_db),
+            -1 if fitted.held_out.fell_back else fitted.best_epoch, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds (validation split and initialisation) a variant")
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    encoder = None
+    rows = []
+    for name in args.sets:
+        if not (args.out / "features" / f"{name}.npz").is_file() and encoder is None:
+            encoder = create_encoder("efficientnet_lite0")
+        data = features(name, encoder, args.out)
+        frozen = test_metrics(data["q"], data["q_y"], data["db"], data["db_y"],
+                              data.get("q_in_db"))
+        rows.append(f"| {name} | frozen | {len(data['train_x'])} | - | "
+                    + " | ".join(f"{frozen[m].mean():.3f}" for m, _ in METRICS)
+                    + " | - | - | - |")
+        for variant in args.variants:
+            for seed in range(args.seeds):
+                trained, epoch, seconds = run_variant(data, VARIANTS[variant], seed)
+                epoch = "fell back" if epoch < 0 else epoch
+                diff = trained["map"] - frozen["map"]
+                rng = np.random.default_rng(0)
+                p = randomization_p_value(diff, 10_000, rng)
+                low, high = bootstrap_interval(diff, 10_000, rng)
+                rows.append(
+                    f"| {name} | {variant} (seed {seed}) | {len(data['train_x'])} | {epoch} | "
+                    + " | ".join(f"{trained[m].mean():.3f}" for m, _ in METRICS)
+                    + f" | {diff.mean() / frozen['map'].mean() * 100:+.1f} % "
+                    f"[{low:+.3f}, {high:+.3f}] | {p:.4f} | {seconds:.0f} |")
+                print(rows[-1], flush=True)
+    print("\n| set | model | train images | best epoch | test mAP | R@1 | nDCG@10 | "
+          "mAP change [95 % interval] | p | train s |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("\n".join(rows))
+
+
 if __name__ == "__main__" and __import__("sys").argv[1:2] == ["--cache-only"]:
     for set_name in SETS:
         features(set_name, None, Path(__import__("sys").argv[2]))
+elif __name__ == "__main__":
+    main()

@@ -197,13 +197,13 @@ def test_train_writes_a_model_that_index_uses(samples: list[Path], tmp_path: Pat
     assert "held out: 2 groups, 8 images never trained on" in trained.stdout
     assert (model / "curve.png").is_file()
     # crops of one photo are already each other's nearest: nothing to gain, and it says so
-    assert "no epoch beat the frozen encoder" in trained.stderr
+    assert "did not beat the frozen encoder" in trained.stderr
     indexed = run("index", root, "-c", tmp_path / "coll", "--model", model, "--no-progress")
     assert indexed.returncode == 0, indexed.stderr
     assert "16 images, 16 vectors" in indexed.stdout
     gated = run("train", root, "--out", tmp_path / "m3", "--epochs", "1", "--batch-size", "8",
                 "--val-fraction", "0.5", "--require-gain")
-    assert gated.returncode == 1 and "no epoch beat the frozen encoder" in gated.stderr
+    assert gated.returncode == 1 and "did not beat the frozen encoder" in gated.stderr
     bad = run("train", root / samples[0].stem, "--out", tmp_path / "m2")
     assert bad.returncode == 2 and "at least two labelled subfolders" in bad.stderr
 

@@ -34,7 +34,7 @@ def test_head_training_raises_validation_map(tmp_path: Path) -> None:
     centres = rng.normal(size=(20, 4)) * 2
     train_x, train_y = _features(rng, 2000, centres)
     val_x, val_y = _features(rng, 400, centres)
-    config = HeadConfig(epochs=8, batch_size=128, hidden=128, patience=3)
+    config = HeadConfig(epochs=8, batch_size=128, hidden=128, patience=3, whiten=False)
     head, fitted = train_head(train_x, train_y, val_x, val_y, config=config)
     history = fitted.history
     frozen = validation_metrics(val_x, val_y)
@@ -96,3 +96,48 @@ def test_self_supervised_views_train_without_labels() -> None:
     config = HeadConfig(epochs=6, batch_size=128, hidden=128, patience=3)
     _, fitted = train_head(train_x, None, val_x, val_y, config=config, views=views)
     assert max(h["map"] for h in fitted.history) > fitted.history[0]["map"] * 1.2
+
+
+def test_learned_whitening_shrinks_what_varies_inside_groups() -> None:
+    from lookalike.train.whitening import best_whitening, learned_whitening
+
+    rng = np.random.default_rng(0)
+
+    def groups(n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Group identity in 8 weak dimensions; 8 others vary strongly inside a group."""
+        labels = np.repeat(np.arange(n), 4)
+        centres = rng.normal(size=(n, 8))
+        x = np.hstack([centres[labels] * 0.5, 3 * rng.normal(size=(len(labels), 8))])
+        return x.astype(np.float32), labels
+
+    train_x, train_y = groups(100)
+    val_x, val_y = groups(30)  # other groups: what carries is the directions, not the groups
+    mean, w = learned_whitening(train_x, train_y, 0.1)
+    assert np.allclose(w, w.T)
+
+    def separation(z: np.ndarray) -> float:
+        """Spread of the group means over the spread inside groups."""
+        means = np.stack([z[train_y == g].mean(axis=0) for g in range(100)])
+        return float(means.std() / (z - means[train_y]).std())
+
+    assert separation((train_x - mean) @ w) > 1.5 * separation(train_x)
+    found = best_whitening(train_x, train_y, val_x, val_y)
+    assert found is not None
+    head, fitted = train_head(train_x, train_y, val_x, val_y,
+                              config=HeadConfig(epochs=0, hidden=16))
+    assert fitted.held_out.gained and not fitted.held_out.fell_back
+    assert validation_metrics(val_x, val_y)["map"] < fitted.held_out.trained_map
+    with torch.no_grad():
+        assert np.allclose(head(torch.from_numpy(val_x)).numpy(), (val_x - found[0]) @ found[1],
+                           atol=1e-3)
+
+
+def test_a_head_that_cannot_beat_the_frozen_encoder_falls_back_to_it() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(40), 3)
+    x = (np.eye(64)[labels % 64] + 0.01 * rng.normal(size=(len(labels), 64))).astype(np.float32)
+    head, fitted = train_head(x[:90], labels[:90], x[90:], labels[90:],
+                              config=HeadConfig(epochs=2, hidden=16))
+    assert fitted.held_out.fell_back and not fitted.held_out.gained  # 1.0 already
+    with torch.no_grad():
+        assert torch.equal(head(torch.from_numpy(x)), torch.from_numpy(x))  # the identity

@@ -321,13 +321,15 @@ def train(folder: Path, out: Path, base: str, mode: str, trainable: str, epochs:
     fitted = train_model(paths, labels, out, base=base, mode=mode,  # type: ignore[arg-type]
                          config=config, val_fraction=val_fraction, resume=resume)
     click.echo(fitted.held_out.table())
-    if fitted.best_epoch == 0:
-        click.echo(f"warning: no epoch beat the frozen encoder on the held-out groups; {out} "
-                   f"holds {base} unchanged, so `--model {base}` does as well", err=True)
+    if fitted.held_out.fell_back:
+        click.echo(f"warning: training did not beat the frozen encoder on the held-out "
+                   f"groups; {out} holds {base} unchanged, so `--model {base}` does as well",
+                   err=True)
     elif not fitted.held_out.gained:
-        click.echo(f"note: epoch {fitted.best_epoch} is ahead of the frozen encoder on the "
-                   "held-out groups, but not significantly (mAP p >= 0.05)", err=True)
-    click.echo(f"{out}: best epoch {fitted.best_epoch}; curve in {out / 'curve.png'}")
+        click.echo("note: the trained model is ahead of the frozen encoder on the held-out "
+                   "groups, but not significantly (mAP p >= 0.05)", err=True)
+    click.echo(f"{out}: best epoch {fitted.best_epoch} (0: before the first); curve in "
+               f"{out / 'curve.png'}")
     if require_gain and not fitted.held_out.gained:
         raise SystemExit(1)
 

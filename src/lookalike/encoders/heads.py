@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -112,12 +113,15 @@ def _last_spatial_layer(net: nn.Module, size: int) -> str:
 
 
 class ProjectionHead(nn.Module):
-    """Two layers with a skip connection: starts close to the identity map of the backbone's
-    embedding (so epoch 0 is the frozen baseline) and learns a correction."""
+    """Two layers with a skip connection after a shift: starts as the identity map of the
+    backbone's embedding (so epoch 0 is the frozen baseline), or as a linear whitening
+    (`whiten`), and learns a correction."""
 
     def __init__(self, dim_in: int, dim_out: int | None = None, hidden: int = 1024) -> None:
         super().__init__()
         self.dim_in, self.dim_out, self.hidden = dim_in, dim_out or dim_in, hidden
+        self.shift: torch.Tensor
+        self.register_buffer("shift", torch.zeros(dim_in))
         last = nn.Linear(hidden, self.dim_out)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -127,7 +131,20 @@ class ProjectionHead(nn.Module):
             self.skip.weight.copy_(torch.eye(self.dim_out, dim_in))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - self.shift
         return self.skip(x) + self.mlp(x)
+
+    def whiten(self, mean: np.ndarray, w: np.ndarray) -> None:
+        """Start as (x - mean) @ w instead of the identity (square heads only)."""
+        with torch.no_grad():
+            self.shift.copy_(torch.from_numpy(mean))
+            self.skip.weight.copy_(torch.from_numpy(w.T))
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Heads saved before the shift existed load with no shift."""
+        state = dict(state)
+        state.setdefault("shift", torch.zeros(self.dim_in))
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def config(self) -> dict[str, int]:
         return {"dim_in": self.dim_in, "dim_out": self.dim_out, "hidden": self.hidden}

@@ -119,7 +119,7 @@ def finetune(spec: EncoderSpec, train_pixels: np.ndarray, train_labels: np.ndarr
     pre = spec.preprocess
     model = _FrozenNorm(PixelNormalize(pre.mean, pre.std), L2Normalized(backbone)).to(device)
     loss_fn = SupConLoss(cfg.temperature)
-    labels = torch.from_numpy(train_labels.astype(np.int64)).to(device)
+    labels = torch.from_numpy(np.unique(train_labels, return_inverse=True)[1]).to(device)
 
     def batch_loss(index: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(train_pixels[index]).to(device)

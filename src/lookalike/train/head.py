@@ -24,6 +24,8 @@ from lookalike.atomic import atomic_write
 from lookalike.encoders.heads import ProjectionHead
 from lookalike.train.loop import Fitted, LoopSettings, fit
 from lookalike.train.losses import InfoNCELoss, SupConLoss
+from lookalike.train.validation import per_query_metrics
+from lookalike.train.whitening import best_whitening
 
 
 @dataclass
@@ -37,6 +39,7 @@ class HeadConfig:
     patience: int = 5  # epochs without a better validation mAP before stopping
     dim_out: int | None = None
     hidden: int = 1024
+    whiten: bool = True  # start from a learned whitening when one helps (supervised)
     seed: int = 0
 
     @property
@@ -69,16 +72,49 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
                checkpoint: Path | None = None, progress: bool = False
                ) -> tuple[ProjectionHead, Fitted]:
     """Train; returns the best head (by the held-out items' mAP; `val_x` and `val_labels`
-    should be whole groups the training never sees) and what the run did (epoch 0 = before
-    training, the frozen backbone). Supervised (SupCon over P x K
-    batches) with `train_labels`; self-supervised with `views`, the features of a second
-    augmented view of each training image (InfoNCE, row i of `train_x` against row i of
-    `views`, the rest of the batch as negatives). `checkpoint`: see `lookalike.train.loop`.
+    should be whole groups the training never sees), or the identity when nothing beat the
+    frozen encoder there, and what the run did.
+
+    Supervised with `train_labels`: SupCon over P x K batches, from the identity and, when
+    a learned whitening (`lookalike.train.whitening`) beats the frozen encoder on the
+    held-out groups, from that whitening too; the better of the two runs there is kept
+    (the whitening carried best to new copy groups, the identity to new emoji).
+    Self-supervised with `views`, the features of a second augmented view of each training
+    image: InfoNCE, row i of `train_x` against row i of `views`, the rest of the batch as
+    negatives. `checkpoint`: see `lookalike.train.loop` (a second run adds `-whitened`).
     """
     cfg = config or HeadConfig()
+    if views is None and train_labels is None:
+        raise ValueError("give train_labels (supervised) or views (self-supervised)")
+    frozen = per_query_metrics(val_x, val_labels)
+    runs = [_run(train_x, train_labels, views, val_x, val_labels, None, cfg, frozen,
+                 checkpoint, progress, on_epoch)]
+    whitening = (best_whitening(train_x, train_labels, val_x, val_labels)
+                 if train_labels is not None and cfg.whiten and cfg.dim_out in (None,
+                                                                              train_x.shape[1])
+                 else None)
+    if whitening is not None:
+        named = checkpoint.with_name(f"{checkpoint.stem}-whitened{checkpoint.suffix}") \
+            if checkpoint is not None else None
+        runs.append(_run(train_x, train_labels, views, val_x, val_labels, whitening[:2], cfg,
+                         frozen, named, progress, on_epoch))
+    head, fitted = max(runs, key=lambda run: run[1].held_out.trained_map)
+    if fitted.held_out.fell_back:  # the frozen encoder as it is
+        head = ProjectionHead(train_x.shape[1], cfg.dim_out, cfg.hidden)
+    return head.eval(), fitted
+
+
+def _run(train_x: np.ndarray, train_labels: np.ndarray | None, views: np.ndarray | None,
+         val_x: np.ndarray, val_labels: np.ndarray,
+         whitening: tuple[np.ndarray, np.ndarray] | None, cfg: HeadConfig,
+         frozen: dict[str, np.ndarray], checkpoint: Path | None, progress: bool,
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[ProjectionHead, Fitted]:
+    """One training run of `train_head` from the identity or from `whitening`."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     head = ProjectionHead(train_x.shape[1], cfg.dim_out, cfg.hidden)
+    if whitening is not None:
+        head.whiten(*whitening)
     x = torch.from_numpy(np.ascontiguousarray(train_x, np.float32))
     if views is not None:
         info_nce, other = InfoNCELoss(cfg.temperature), torch.from_numpy(views.astype(np.float32))
@@ -90,8 +126,10 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
 
         def batch_loss(index: torch.Tensor) -> torch.Tensor:
             return info_nce(head(x[index]), head(other[index]))
-    elif train_labels is not None:
-        sup_con, y = SupConLoss(cfg.temperature), torch.from_numpy(train_labels.astype(np.int64))
+    else:
+        assert train_labels is not None
+        sup_con = SupConLoss(cfg.temperature)
+        y = torch.from_numpy(np.unique(train_labels, return_inverse=True)[1])
         labels = train_labels
 
         def batches() -> list[np.ndarray]:
@@ -99,13 +137,11 @@ def train_head(train_x: np.ndarray, train_labels: np.ndarray | None, val_x: np.n
 
         def batch_loss(index: torch.Tensor) -> torch.Tensor:
             return sup_con(head(x[index]), y[index])
-    else:
-        raise ValueError("give train_labels (supervised) or views (self-supervised)")
     val = torch.from_numpy(val_x.astype(np.float32))
     fitted = fit(head, batches, lambda batch: batch_loss(torch.from_numpy(batch)),
-                 lambda: head(val).numpy(), val_labels, cfg.settings, rng,
+                 lambda: head(val).numpy(), val_labels, cfg.settings, rng, frozen=frozen,
                  checkpoint=checkpoint, progress=progress, on_epoch=on_epoch)
-    return head.eval(), fitted
+    return head, fitted
 
 
 def augmented_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -53,12 +53,14 @@ def _means(per_query: dict[str, np.ndarray]) -> dict[str, float]:
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]],
         batch_loss: Callable[[Any], torch.Tensor], embed_validation: Callable[[], np.ndarray],
         val_labels: np.ndarray, settings: LoopSettings, rng: np.random.Generator, *,
-        checkpoint: Path | None = None, progress: bool = False,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Fitted:
+        frozen: dict[str, np.ndarray] | None = None, checkpoint: Path | None = None,
+        progress: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None
+        ) -> Fitted:
     """Train the parameters of `model` that require grad, scoring each epoch on the held-out
     items `embed_validation()` embeds (labelled `val_labels`); leaves the best epoch's
-    weights in `model`. With an existing `checkpoint`, training resumes after its last
-    finished epoch."""
+    weights in `model` (epoch 0: as it came). `frozen`: the frozen encoder's per-query
+    figures there, when `model` does not start as the frozen encoder. With an existing
+    `checkpoint`, training resumes after its last finished epoch."""
 
     def validate() -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -84,8 +86,9 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]],
         frozen, best = saved["frozen"], saved["best_queries"]
     else:
         model.eval()
-        frozen = best = validate()
-        history, best_state, waited = [{"epoch": 0, "loss": None, **_means(frozen)}], \
+        start = best = validate()
+        frozen = start if frozen is None else frozen
+        history, best_state, waited = [{"epoch": 0, "loss": None, **_means(start)}], \
             _state(model), 0
     best_row = max(history, key=lambda h: float(h["map"]))
 

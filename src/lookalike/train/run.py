@@ -104,7 +104,8 @@ def train_model(paths: Sequence[Path], labels: np.ndarray | None, out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
     if not resume:
-        checkpoint.unlink(missing_ok=True)
+        for written in out.glob("checkpoint*.pt"):
+            written.unlink()
     head_cfg = config if isinstance(config, HeadConfig) else HeadConfig()
     if mode == "head" and labels is not None:
         from lookalike.encoders import create_encoder
@@ -136,7 +137,8 @@ def train_model(paths: Sequence[Path], labels: np.ndarray | None, out: Path, *,
         raise LookalikeError(f"mode must be 'head', 'self-supervised' or 'finetune', got "
                              f"{mode!r}")
     plot_history(fitted.history, out / "curve.png")
-    checkpoint.unlink(missing_ok=True)
+    for written in out.glob("checkpoint*.pt"):
+        written.unlink()
     return fitted
 
 
