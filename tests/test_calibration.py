@@ -51,17 +51,26 @@ def _qrels(ranked: dict[str, list[tuple[str, float]]]) -> dict[str, dict[str, in
 def test_ordinal_model_uses_the_query_context_and_beats_the_baselines() -> None:
     rng = np.random.default_rng(0)
     fit_ranked, test_ranked = _synthetic(rng, 60), _synthetic(rng, 60)
-    fit = judged_features(fit_ranked, _qrels(fit_ranked), depth=30)[:2]
-    test = judged_features(test_ranked, _qrels(test_ranked), depth=30)[:2]
-    ordinal = fit_calibrator(*fit, model="ordinal", depth=30)
-    isotonic = fit_calibrator(*fit, model="isotonic", depth=30)
+    fit = judged_features(fit_ranked, _qrels(fit_ranked), depth=30)
+    test = judged_features(test_ranked, _qrels(test_ranked), depth=30)
+    ordinal = fit_calibrator(fit.features, fit.grades, model="ordinal", depth=30)
+    isotonic = fit_calibrator(fit.features, fit.grades, model="isotonic", depth=30)
     report = assess(ordinal, fit, test)
     assert report["mae"] < 0.6 * report["mae_affine_raw"]
     assert report["mae"] < assess(isotonic, fit, test)["mae"]
     assert report["spearman"] > report["spearman_raw"]
+    # judged-only figures: the hits the qrels grade (1, 3 or 5 here), not the easy zeros
+    assert report["judged_test_hits"] == int(test.judged.sum()) < report["test_hits"]
+    assert report["mae_judged"] < report["mae_affine_raw_judged"]
     cut = next(v for k, v in report.items() if k.startswith("raw>="))
     assert report["grade>=3"]["f1"] > cut["f1"]
-    expected, at_least = ordinal.predict(test[0])
+    low, high = report["f1_difference"]["interval"]
+    assert low <= report["f1_difference"]["value"] <= high
+    assert report["verdict"].startswith("the calibrated cut-off is ahead of" if low > 0 else
+                                        "the calibrated cut-off is not")
+    c_low, c_high = report["cutoff_p(grade>=3)"]["interval"]
+    assert 0 <= c_low <= c_high <= 1
+    expected, at_least = ordinal.predict(test.features)
     assert (np.diff(at_least, axis=1) <= 1e-12).all()  # P(>= g) falls with g
     np.testing.assert_allclose(expected, at_least.sum(axis=1))
     assert ((expected >= 0) & (expected <= 5)).all()
@@ -70,12 +79,17 @@ def test_ordinal_model_uses_the_query_context_and_beats_the_baselines() -> None:
 def test_isotonic_is_monotone_and_files_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     ranked = _synthetic(rng, 30)
-    x, y, _ = judged_features(ranked, _qrels(ranked), depth=30)
+    hits = judged_features(ranked, _qrels(ranked), depth=30)
+    x, y = hits.features, hits.grades
     for model in ("isotonic", "ordinal"):
         calibrator = fit_calibrator(x, y, model=model, depth=30)  # type: ignore[arg-type]
+        calibrator.settings = {"query_regions": "grid:2", "verify": 20}
         calibrator.save(tmp_path / f"{model}.json")
         loaded = Calibrator.load(tmp_path / f"{model}.json")
         np.testing.assert_allclose(loaded.predict(x)[0], calibrator.predict(x)[0])
+        assert loaded.mismatch("grid:2", 20) is None
+        assert "calibrated on searches with query_regions grid:2, verify 20" in str(
+            loaded.mismatch("none", 0))
     grades, _ = Calibrator.load(tmp_path / "isotonic.json").predict(
         query_features(np.linspace(1, 0, 50)))
     assert (np.diff(grades) <= 1e-12).all()
@@ -125,3 +139,25 @@ def test_calibrated_collection_grades_and_filters_hits(tmp_path: Path, photo_dir
         calibrate_collection(coll, queries, qrels, model="isotonic", depth=5)
     coll.set_calibration(None)
     assert coll.search(like="coffee.jpg", k=2)[0].grade is None
+
+
+def test_calibration_is_fitted_on_the_rankings_users_get(tmp_path: Path, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                        encoder) -> None:
+    coll = Collection.create(tmp_path / "c", encoder=encoder)
+    coll.index_folder(photo_dir)
+    ids = coll.ids()
+    queries = [Query(f"q{i}", photo_dir / name) for i, name in enumerate(ids)]
+    qrels = {q.id: {doc: 5 if doc == q.image.name else 1 for doc in ids} for q in queries}
+    depth = len(ids)
+    half = calibrate_collection(coll, queries, qrels, depth=depth, query_regions="grid:2",
+                                fit_fraction=0.7)
+    every = calibrate_collection(coll, queries, qrels, depth=depth, query_regions="grid:2",
+                                 fit_fraction=0.7, fit_all=True)
+    assert half.calibrator.settings == {"query_regions": "grid:2", "verify": 0}
+    assert half.report["query_regions"] == "grid:2" and "fit queries" in half.report["saved"]
+    assert every.report["saved"] == f"refitted on all {len(ids)} queries (--fit-all)"
+    # the held-out assessment is the same; what is saved differs
+    assert every.report["mae"] == half.report["mae"]
+    assert every.calibrator.params != half.calibrator.params
+    coll.set_calibration(every.calibrator)
+    assert Collection.open(coll.path).calibration.mismatch("grid:2", 0) is None  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -49,6 +49,7 @@ FEATURES = ("score", "gap_to_top", "z_in_query", "log_rank", "top_score", "query
             "score^2", "z^2", "score*z")
 Model = Literal["ordinal", "isotonic"]
 MIN_JUDGED_HITS = 20
+DEFAULT_SETTINGS: dict[str, Any] = {"query_regions": "none", "verify": 0}
 
 
 def query_features(scores: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -72,6 +73,18 @@ class Calibrator:
     depth: int
     params: dict[str, Any] = field(default_factory=dict)
     cutoffs: list[float] = field(default_factory=lambda: [0.5] * len(GRADES))
+    # the search settings of the rankings it was fitted on (query regions, verification)
+    settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+
+    def mismatch(self, query_regions: str = "none", verify: int = 0) -> str | None:
+        """Why grades of a search with these settings may not mean what they say (None:
+        they are the settings the calibration was fitted for)."""
+        asked = {"query_regions": query_regions, "verify": verify}
+        if asked == {**DEFAULT_SETTINGS, **self.settings}:
+            return None
+        shown = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        return (f"grades were calibrated on searches with {shown}; this one re-ranks "
+                "differently, so they are approximate (calibrate with the same options)")
 
     def at_least(self, at_least: np.ndarray, grade: float) -> np.ndarray:
         """Which hits (rows of P(grade >= g)) count as at least `grade` (rounded up)."""
@@ -99,14 +112,16 @@ class Calibrator:
     def save(self, path: Path) -> None:
         with atomic_write(path, "w") as fh:
             json.dump({"model": self.model, "depth": self.depth, "features": FEATURES,
-                       "params": self.params, "cutoffs": self.cutoffs}, fh)
+                       "params": self.params, "cutoffs": self.cutoffs,
+                       "settings": self.settings}, fh)
 
     @classmethod
     def load(cls, path: Path) -> Calibrator:
         try:
             data = json.loads(Path(path).read_text())
             cutoffs = [float(c) for c in data.get("cutoffs", [0.5] * len(GRADES))]
-            return cls(data["model"], int(data["depth"]), data["params"], cutoffs)
+            settings = {**DEFAULT_SETTINGS, **data.get("settings", {})}
+            return cls(data["model"], int(data["depth"]), data["params"], cutoffs, settings)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LookalikeError(f"{path}: not a readable calibration ({exc})") from None
 
@@ -120,22 +135,35 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
 
 
+@dataclass(frozen=True)
+class JudgedHits:
+    """The top hits of judged queries: features, grades, the query number of each hit,
+    and whether the qrels judge it (else its grade is the `unjudged` grade)."""
+
+    features: np.ndarray
+    grades: np.ndarray
+    queries: np.ndarray
+    judged: np.ndarray
+
+
 def judged_features(ranked: Mapping[str, Sequence[tuple[str, float]]],
                     qrels: Mapping[str, Mapping[str, int]], *, depth: int, unjudged: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, grades and query numbers of the top `depth` hits of the judged queries;
-    `ranked` maps a query id to its `(doc, score)` list, best first."""
-    xs, ys, qs = [], [], []
+                    ) -> JudgedHits:
+    """The top `depth` hits of the judged queries; `ranked` maps a query id to its
+    `(doc, score)` list, in the order the search returned them."""
+    xs, ys, qs, js = [], [], [], []
     for number, (qid, hits) in enumerate(ranked.items()):
         if qid not in qrels:
             continue
         top = list(hits)[:depth]
         xs.append(query_features([s for _, s in top]))
         ys.append([qrels[qid].get(doc, unjudged) for doc, _ in top])
+        js.append([doc in qrels[qid] for doc, _ in top])
         qs.append(np.full(len(top), number))
     if not xs:
         raise LookalikeError("no query of the results has qrels")
-    return np.concatenate(xs), np.concatenate(ys).astype(float), np.concatenate(qs)
+    return JudgedHits(np.concatenate(xs), np.concatenate(ys).astype(float),
+                      np.concatenate(qs), np.concatenate(js).astype(bool))
 
 
 def fit_calibrator(features: np.ndarray, grades: np.ndarray, *, model: Model = "ordinal",
@@ -205,18 +233,21 @@ def _fit_ordinal(features: np.ndarray, grades: np.ndarray, l2: float = 1e-3
 
 # -- evaluation on held-out queries --------------------------------------------------------
 
-def assess(calibrator: Calibrator, fit: tuple[np.ndarray, np.ndarray],
-           test: tuple[np.ndarray, np.ndarray], *, cutoff: int = 3) -> dict[str, Any]:
+def assess(calibrator: Calibrator, fit: JudgedHits, test: JudgedHits, *, cutoff: int = 3,
+           resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Held-out quality: MAE of the median and of the expected grade, Spearman of the
-    expected grade; the best affine rescaling of the raw score (least absolute error, fitted
-    on the fit half) as the baseline; the
-    'grade >= cutoff' decision (P >= 0.5) against the best raw-score threshold of the fit
-    half, each scored by precision, recall and F1 on the test half."""
+    expected grade, over all top hits and over the judged ones only (unjudged hits, graded
+    0, are most hits and easy); the best affine rescaling of the raw score (least absolute
+    error, fitted on the fit part) as the baseline. The 'grade >= cutoff' decision against
+    the best raw-score threshold of the fit part, each scored by precision, recall and F1
+    on the test part, with a 95 % bootstrap interval (over test queries) of the F1
+    difference and of the cut-off itself (over fit queries), and a verdict."""
     from scipy.optimize import minimize
     from scipy.stats import spearmanr
 
-    (fx, fy), (tx, ty) = fit, test
+    fx, fy, tx, ty = fit.features, fit.grades, test.features, test.grades
     expected, at_least = calibrator.predict(tx)
+    judged = test.judged
 
     def affine_mae(v: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
         return float(np.abs(np.clip(v[0] * x + v[1], 0, 5) - y).mean())
@@ -224,16 +255,53 @@ def assess(calibrator: Calibrator, fit: tuple[np.ndarray, np.ndarray],
     slope, icpt = np.polyfit(fx[:, 0], fy, 1)
     affine = minimize(affine_mae, [slope, icpt], args=(fx[:, 0], fy), method="Nelder-Mead").x
     threshold = _best_threshold(fx[:, 0], fy >= cutoff)
+    calibrated = calibrator.at_least(at_least, cutoff)
+    raw = tx[:, 0] >= threshold
+    rng = np.random.default_rng(seed)
+    difference = [_f1(calibrated[rows], ty[rows] >= cutoff) - _f1(raw[rows], ty[rows] >= cutoff)
+                  for rows in _query_samples(test, resamples, rng)]
+    _, fit_at_least = calibrator.predict(fx)
+    moved = [_best_threshold(fit_at_least[rows, cutoff - 1], fy[rows] >= cutoff)
+             for rows in _query_samples(fit, resamples, rng)]
+    low, high = (float(v) for v in np.percentile(difference, [2.5, 97.5]))
+    found = _f1(calibrated, ty >= cutoff) - _f1(raw, ty >= cutoff)
+    verdict = ("ahead of" if low > 0 else "behind" if high < 0 else
+               "not distinguishable from")
     return {
         "test_hits": len(ty),
+        "judged_test_hits": int(judged.sum()),
         "mae": float(np.abs(median_grade(at_least) - ty).mean()),
+        "mae_judged": float(np.abs(median_grade(at_least) - ty)[judged].mean()),
         "mae_expected": float(np.abs(expected - ty).mean()),
         "mae_affine_raw": affine_mae(affine, tx[:, 0], ty),
+        "mae_affine_raw_judged": affine_mae(affine, tx[judged, 0], ty[judged]),
         "spearman": float(spearmanr(expected, ty).statistic),
+        "spearman_judged": float(spearmanr(expected[judged], ty[judged]).statistic),
         "spearman_raw": float(spearmanr(tx[:, 0], ty).statistic),
-        f"grade>={cutoff}": _prf(calibrator.at_least(at_least, cutoff), ty >= cutoff),
-        f"raw>={threshold:.4f}": _prf(tx[:, 0] >= threshold, ty >= cutoff),
+        "spearman_raw_judged": float(spearmanr(tx[judged, 0], ty[judged]).statistic),
+        f"grade>={cutoff}": _prf(calibrated, ty >= cutoff),
+        f"raw>={threshold:.4f}": _prf(raw, ty >= cutoff),
+        f"cutoff_p(grade>={cutoff})": {
+            "value": calibrator.cutoffs[cutoff - 1],
+            "interval": [float(v) for v in np.percentile(moved, [2.5, 97.5])]},
+        "f1_difference": {"value": round(found, 4), "interval": [round(low, 4), round(high, 4)]},
+        "verdict": f"the calibrated cut-off is {verdict} the best raw threshold on held-out "
+                   f"queries (F1 {found:+.3f}, 95 % interval {low:+.3f} to {high:+.3f})",
     }
+
+
+def _query_samples(hits: JudgedHits, resamples: int, rng: np.random.Generator
+                   ) -> list[np.ndarray]:
+    """Row numbers of `resamples` bootstrap samples of whole queries."""
+    numbers = np.unique(hits.queries)
+    rows = {int(q): np.flatnonzero(hits.queries == q) for q in numbers}
+    return [np.concatenate([rows[int(q)] for q in rng.choice(numbers, len(numbers))])
+            for _ in range(resamples)]
+
+
+def _f1(predicted: np.ndarray, relevant: np.ndarray) -> float:
+    tp = float((predicted & relevant).sum())
+    return 2 * tp / max(1.0, float(predicted.sum() + relevant.sum()))
 
 
 def _best_threshold(score: np.ndarray, relevant: np.ndarray) -> float:
@@ -293,7 +361,8 @@ class Searchable(Protocol):
     applies the calibration this module fits)."""
 
     def ids(self) -> list[str]: ...
-    def search_many(self, items: Sequence[EncodeInput], *, k: int = 10) -> list[list[Hit]]: ...
+    def search_many(self, items: Sequence[EncodeInput], *, k: int = 10,
+                    query_regions: str = "none", verify: int = 0) -> list[list[Hit]]: ...
 
 
 @dataclass
@@ -308,9 +377,12 @@ class CalibrationRun:
 def calibrate_collection(collection: Searchable, queries: Sequence[Query],
                          qrels: Mapping[str, Mapping[str, int]], *, model: Model = "ordinal",
                          depth: int = 50, unjudged: int = 0, fit_fraction: float = 0.5,
-                         seed: int = 0) -> CalibrationRun:
-    """Search with every query, split the queries at random into fit and test parts, fit
-    on the first and assess on the second."""
+                         seed: int = 0, query_regions: str = "none", verify: int = 0,
+                         fit_all: bool = False) -> CalibrationRun:
+    """Search with every query as users will (`query_regions`, `verify`: the rankings the
+    calibration learns are those), split the queries at random into fit and test parts,
+    fit on the first and assess on the second; with `fit_all`, then refit on every query
+    (the report's figures stay those of the held-out assessment)."""
     indexed = set(collection.ids())
     if not any(doc in indexed for judged in qrels.values() for doc in judged):
         raise LookalikeError("the qrels judge no image of the collection: are the ids paths "
@@ -320,16 +392,27 @@ def calibrate_collection(collection: Searchable, queries: Sequence[Query],
         raise LookalikeError(f"{len(judged)} of the queries have qrels; at least 2 are needed "
                              "(one to fit, one to test)")
     items = [(q.image, q.crop) if q.crop else q.image for q in judged]
-    results = collection.search_many(items, k=depth)
+    results = collection.search_many(items, k=depth, query_regions=query_regions,
+                                     verify=verify)
     order = np.random.default_rng(seed).permutation(len(judged))
     cut = min(len(judged) - 1, max(1, round(fit_fraction * len(judged))))
-    parts = []
-    for part in (order[:cut], order[cut:]):
+
+    def hits_of(part: np.ndarray) -> JudgedHits:
         ranked = {judged[i].id: [(h.id, h.score) for h in results[i]] for i in part}
-        x, y, _ = judged_features(ranked, qrels, depth=depth, unjudged=unjudged)
-        parts.append((x, y))
-    calibrator = fit_calibrator(*parts[0], model=model, depth=depth)
-    report = {"model": model, "depth": depth, "unjudged": unjudged,
+        return judged_features(ranked, qrels, depth=depth, unjudged=unjudged)
+
+    fit, test = hits_of(order[:cut]), hits_of(order[cut:])
+    settings = {"query_regions": query_regions, "verify": verify}
+    calibrator = replace(fit_calibrator(fit.features, fit.grades, model=model, depth=depth),
+                         settings=settings)
+    report = {"model": model, "depth": depth, "unjudged": unjudged, **settings,
               "fit_queries": int(cut), "test_queries": int(len(judged) - cut),
-              **assess(calibrator, parts[0], parts[1])}
-    return CalibrationRun(calibrator, report, parts[1])
+              **assess(calibrator, fit, test, seed=seed)}
+    if fit_all:
+        every = hits_of(order)
+        calibrator = replace(fit_calibrator(every.features, every.grades, model=model,
+                                            depth=depth), settings=settings)
+        report["saved"] = f"refitted on all {len(judged)} queries (--fit-all)"
+    else:
+        report["saved"] = f"fitted on the {cut} fit queries"
+    return CalibrationRun(calibrator, report, (test.features, test.grades))

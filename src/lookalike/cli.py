@@ -242,6 +242,9 @@ def search(image: Path | None, collection: Path, k: int, crop: Box | None, like:
         hits = coll.search(image, crop=crop, like=like, k=k, metric=metric,  # type: ignore[arg-type]
                            options=options, min_grade=min_grade, query_regions=query_regions,
                            verify=verify)
+        calibration = coll.calibration
+        if calibration is not None and (why := calibration.mismatch(query_regions, verify)):
+            click.echo(f"note: {why}", err=True)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
@@ -341,7 +344,8 @@ def _has_subfolders(folder: Path) -> bool:
 @cli.command()
 @collection_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path),
-              help="queries.jsonl (see DESIGN.md).")
+              help='JSON lines, one query each: {"id": "q1", "image": "path.jpg"} and '
+              'optionally "crop": [x0, y0, x1, y1]; paths relative to the file.')
 @click.option("--qrels", "qrels_path", required=True, type=click.Path(path_type=Path),
               help="Graded TREC qrels, grades 0-5.")
 @click.option("--model", type=click.Choice(["ordinal", "isotonic"]), default="ordinal",
@@ -357,10 +361,19 @@ def _has_subfolders(folder: Path) -> bool:
               help="Write calibration.json (held-out figures) and reliability.png here.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the random fit/held-out split of the queries.")
+@click.option("--query-regions", default="none", show_default=True,
+              help="Calibrate the rankings of searches with these query regions.")
+@click.option("--verify", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Calibrate the rankings of searches that verify this many top hits.")
+@click.option("--fit-all", is_flag=True,
+              help="After the held-out assessment, refit on every query and save that.")
 def calibrate(collection: Path, queries_path: Path, qrels_path: Path, model: str, depth: int,
-              unjudged: int, fit_fraction: float, report_dir: Path | None, seed: int) -> None:
+              unjudged: int, fit_fraction: float, report_dir: Path | None, seed: int,
+              query_regions: str, verify: int, fit_all: bool) -> None:
     """Fit COLLECTION's 0-5 relevance calibration on graded queries; from then on its hits
-    carry a grade."""
+    carry a grade. It is fitted on the rankings of searches with --query-regions and
+    --verify as given: searches with other options get a note that their grades are
+    approximate."""
     from lookalike.calibration import calibrate_collection, reliability_plot
     from lookalike.collection import Collection
     from lookalike.trec import read_qrels, read_queries
@@ -368,13 +381,16 @@ def calibrate(collection: Path, queries_path: Path, qrels_path: Path, model: str
     with Collection.open(collection) as coll:
         run = calibrate_collection(coll, read_queries(queries_path), read_qrels(qrels_path),
                                    model=model, depth=depth,  # type: ignore[arg-type]
-                                   unjudged=unjudged, fit_fraction=fit_fraction, seed=seed)
+                                   unjudged=unjudged, fit_fraction=fit_fraction, seed=seed,
+                                   query_regions=query_regions, verify=verify,
+                                   fit_all=fit_all)
         coll.set_calibration(run.calibrator)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "calibration.json").write_text(json.dumps(run.report, indent=2))
         reliability_plot(run.calibrator, *run.test, report_dir / "reliability.png")
     click.echo(json.dumps(run.report, indent=2))
+    click.echo(run.report["verdict"], err=True)
 
 
 @cli.command()
