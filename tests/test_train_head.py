@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lookalike import create_encoder
@@ -141,3 +142,38 @@ def test_a_head_that_cannot_beat_the_frozen_encoder_falls_back_to_it() -> None:
     assert fitted.held_out.fell_back and not fitted.held_out.gained  # 1.0 already
     with torch.no_grad():
         assert torch.equal(head(torch.from_numpy(x)), torch.from_numpy(x))  # the identity
+
+
+def test_a_trained_model_travels_with_its_collection(tmp_path: Path, samples,  # type: ignore[no-untyped-def]
+                                                      monkeypatch) -> None:
+    import shutil
+
+    from lookalike import Collection, LookalikeError
+    from lookalike.encoders.runtime import cache_dir
+
+    project = tmp_path / "project"
+    torch.manual_seed(0)
+    head = ProjectionHead(1280, 32, hidden=16)
+    save_model(project / "model", "efficientnet_lite0", head, [], HeadConfig())
+    photos = project / "photos"
+    photos.mkdir()
+    for sample in samples[:3]:
+        shutil.copy(sample, photos)
+    monkeypatch.chdir(project)
+    coll = Collection.create("coll", encoder="model")  # a relative name
+    coll.index_folder(photos)
+    before = coll.search(samples[0], k=2)
+    assert Collection.open("coll", encoder=str(project / "model")).dim == 32  # same model
+    graphs = sorted(p.name for p in (cache_dir() / "onnx").glob("trained-*"))
+    assert len(graphs) == 1  # one export, keyed by content, whatever the name given
+
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)  # a collection and its model moved (or shared) together
+    monkeypatch.chdir(tmp_path)
+    after = Collection.open(moved / "coll").search(moved / "photos" / samples[0].name, k=2)
+    assert [h.id for h in after] == [h.id for h in before]
+    assert sorted(p.name for p in (cache_dir() / "onnx").glob("trained-*")) == graphs
+
+    shutil.rmtree(moved / "model")
+    with pytest.raises(LookalikeError, match="its model folder is gone"):
+        Collection.open(moved / "coll").search(moved / "photos" / samples[0].name, k=2)

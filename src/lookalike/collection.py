@@ -37,6 +37,7 @@ from lookalike.encoders import (
     cached_encoder,
     create_encoder,
 )
+from lookalike.encoders.model_folder import is_model_folder
 from lookalike.errors import LookalikeError
 from lookalike.folder import FolderScan, image_path, scan_folder, scan_paths
 from lookalike.folder_sync import IndexReport, sync_files
@@ -67,6 +68,17 @@ def _aborted_create(path: Path) -> bool:
         return catalog.get_meta("manifest") is None and catalog.is_empty()
     finally:
         catalog.close()
+
+
+def _names_recorded(path: Path, manifest: Manifest, name: str) -> bool:
+    """`name` is the encoder the manifest records: the same name, or the same trained model
+    folder (by its place relative to the collection, or its path)."""
+    if name == manifest.encoder_name:
+        return True
+    relative = manifest.encoder.get("model_folder")
+    given = Path(name).expanduser().resolve()
+    return relative is not None and given in ((path / relative).resolve(),
+                                              Path(manifest.encoder_name))
 
 
 def _check_creatable(path: Path) -> None:
@@ -129,7 +141,10 @@ class Collection:
         except OSError as exc:
             raise LookalikeError(f"{path}: cannot create the collection ({exc.strerror})"
                                  ) from None
-        manifest = Manifest(encoder=enc.describe(), index=index, regions=regions,
+        described = enc.describe()
+        if is_model_folder(Path(enc.name)):  # found again beside the collection if both move
+            described["model_folder"] = os.path.relpath(enc.name, path.resolve())
+        manifest = Manifest(encoder=described, index=index, regions=regions,
                             region_discount=region_discount)
         catalog = Catalog(path / "catalog.sqlite", create=True)
         coll = cls(path, manifest, enc, catalog)
@@ -148,8 +163,8 @@ class Collection:
         path = Path(path)
         manifest = Manifest.read(path)
         loaded = encoder if isinstance(encoder, Encoder) else None
-        name = loaded.name if loaded else encoder
-        if name is not None and (name != manifest.encoder_name or (
+        name = loaded.name if loaded else encoder if isinstance(encoder, str) else None
+        if name is not None and (not _names_recorded(path, manifest, name) or (
                 loaded and loaded.fingerprint != manifest.fingerprint)):
             raise LookalikeError(
                 f"{path}: built with encoder {manifest.encoder_name!r}, cannot use {name!r}; "
@@ -201,7 +216,7 @@ class Collection:
         """Loaded on first use (searching by id needs none); checked against the manifest."""
         if self._encoder is None:
             recorded = self.manifest.encoder
-            enc = cached_encoder(recorded) or create_encoder(self.manifest.encoder_name)
+            enc = cached_encoder(recorded) or create_encoder(self._encoder_name())
             if enc.fingerprint != self.manifest.fingerprint:
                 raise LookalikeError(
                     f"{self.path}: the weights of {self.manifest.encoder_name!r} differ from "
@@ -209,6 +224,21 @@ class Collection:
                 )
             self._encoder = enc
         return self._encoder
+
+    def _encoder_name(self) -> str:
+        """The recorded encoder; a trained model folder where it lies relative to the
+        collection (both may have moved), else where it was."""
+        name = self.manifest.encoder_name
+        relative = self.manifest.encoder.get("model_folder")
+        if relative is None:
+            return name
+        moved = (self.path / relative).resolve()
+        if is_model_folder(moved):
+            return str(moved)
+        if is_model_folder(Path(name)):
+            return name
+        raise LookalikeError(f"{self.path}: its model folder is gone (not at {moved} nor at "
+                             f"{name}); put it back or re-create the collection")
 
     @property
     def dim(self) -> int:

@@ -140,6 +140,7 @@ class Encoder:
         if size not in self._resized:
             # Its own name keys its own graphs (the activations one included).
             spec = replace(self.spec, name=f"{self.name}@{size}",
+                           graph_key=f"{self.spec.graph_name}@{size}",
                            preprocess=replace(self.preprocess, size=size))
             backend: Backend
             try:
@@ -147,7 +148,7 @@ class Encoder:
                     backend = TorchBackend(self.module, str(self.backend.device))
                     backend(np.zeros((1, size, size, 3), np.uint8))
                 else:
-                    backend = OnnxBackend(self._graph(spec.name, size))
+                    backend = OnnxBackend(self._graph(spec.graph_name, size))
             except (RuntimeError, ValueError, AssertionError) as exc:
                 raise LookalikeError(f"{self.name} cannot run at {size} px: {exc}") from None
             self._resized[size] = Encoder(spec, self._module, backend, self.fingerprint)
@@ -188,7 +189,8 @@ class Encoder:
                                                       str(self.backend.device))
             else:
                 self._with_activations = OnnxBackend(self._graph(
-                    f"{self.name}+activations", size, lambda: WithActivations(self.module, size),
+                    f"{self.spec.graph_name}+activations", size,
+                    lambda: WithActivations(self.module, size),
                     outputs=("embedding", "activations")))
         vectors, maps = self._with_activations.run(np.ascontiguousarray(pixels, np.uint8))
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12), maps
@@ -336,7 +338,7 @@ def create_encoder(
     weights_sha = fingerprint(module)
     runtime: Backend = (
         TorchBackend(module, device) if chosen == "torch"
-        else OnnxBackend(onnx_graph(name, module, pre.size, weights_sha))
+        else OnnxBackend(onnx_graph(spec.graph_key or name, module, pre.size, weights_sha))
     )
     return Encoder(spec, module, runtime, weights_sha)
 
@@ -404,7 +406,9 @@ def resolve_spec(name: str) -> EncoderSpec:
 
     what = " + ".join(w for w, used in (("fine-tuned backbone", backbone_state is not None),
                                         ("contrastive head", head is not None)) if used)
+    # Its graphs are keyed by content (the weights' fingerprint), not by where it lies.
     return replace(base, name=str(folder.resolve()), load=load,
+                   graph_key=f"trained-{base_name}",
                    dim=head.dim_out if head is not None else base.dim,
                    weights_source=f"{base.weights_source}, trained in {folder}",
                    description=f"{base_name} with a {what}")

@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from lookalike.atomic import atomic_write
-from lookalike.encoders.heads import ProjectionHead
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:  # PyTorch loads only when a model is saved or loaded
+    import torch
+    from torch import nn
+
+    from lookalike.encoders.heads import ProjectionHead
 
 MODEL_FILE = "lookalike-model.json"
 
@@ -26,6 +28,8 @@ def save_model(folder: Path, base_encoder: str, head: ProjectionHead | None,
     """Write the weights first and the description last, each atomically, so a folder
     with a description is complete. `held_out`: how it compares with the frozen encoder on
     groups it never trained on."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"base": base_encoder, "head": None, "backbone": None,
                             "training": asdict(config) if is_dataclass(config)
@@ -49,6 +53,10 @@ def is_model_folder(path: Path) -> bool:
 
 def load_model(folder: Path) -> tuple[str, dict[str, torch.Tensor] | None, ProjectionHead | None]:
     """(base encoder name, fine-tuned backbone weights or None, trained head or None)."""
+    import torch
+
+    from lookalike.encoders.heads import ProjectionHead
+
     try:
         meta = json.loads((folder / MODEL_FILE).read_text())
         head = None

@@ -28,3 +28,8 @@ class EncoderSpec:
     weights_source: str
     description: str
     load: Callable[[Path | None], nn.Module]
+    graph_key: str | None = None  # names its cached ONNX graphs when `name` cannot (a path)
+
+    @property
+    def graph_name(self) -> str:
+        return self.graph_key or self.name
