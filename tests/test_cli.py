@@ -208,6 +208,24 @@ def test_train_writes_a_model_that_index_uses(samples: list[Path], tmp_path: Pat
     assert bad.returncode == 2 and "at least two labelled subfolders" in bad.stderr
 
 
+def test_self_supervised_training_needs_no_labels(samples: list[Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "unlabelled"
+    root.mkdir()
+    for photo in samples[:6]:
+        image = Image.open(photo).convert("RGB")
+        for i in range(3):
+            w, h = image.size
+            image.crop((i * w // 10, 0, w - i * w // 12, h)).save(root / f"{photo.stem}{i}.jpg")
+    trained = run("train", root, "--out", tmp_path / "ssl", "--mode", "self-supervised",
+                  "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.3")
+    assert trained.returncode == 0, trained.stderr
+    # held-out images validate by finding an augmented view of themselves
+    assert "held out: 8 groups, 16 images never trained on" in trained.stdout
+    assert (tmp_path / "ssl" / "lookalike-model.json").is_file()
+
+
 def test_verify_marks_the_source_of_a_copy(indexed: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("cv2")
     from PIL import Image

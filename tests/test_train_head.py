@@ -164,7 +164,8 @@ def test_a_trained_model_travels_with_its_collection(tmp_path: Path, samples,  #
     coll.index_folder(photos)
     before = coll.search(samples[0], k=2)
     assert Collection.open("coll", encoder=str(project / "model")).dim == 32  # same model
-    graphs = sorted(p.name for p in (cache_dir() / "onnx").glob("trained-*"))
+    pattern = f"trained-*-{coll.manifest.fingerprint[:16]}-*"  # type: ignore[index]
+    graphs = sorted(p.name for p in (cache_dir() / "onnx").glob(pattern))
     assert len(graphs) == 1  # one export, keyed by content, whatever the name given
 
     moved = tmp_path / "moved"
@@ -172,7 +173,7 @@ def test_a_trained_model_travels_with_its_collection(tmp_path: Path, samples,  #
     monkeypatch.chdir(tmp_path)
     after = Collection.open(moved / "coll").search(moved / "photos" / samples[0].name, k=2)
     assert [h.id for h in after] == [h.id for h in before]
-    assert sorted(p.name for p in (cache_dir() / "onnx").glob("trained-*")) == graphs
+    assert sorted(p.name for p in (cache_dir() / "onnx").glob(pattern)) == graphs
 
     shutil.rmtree(moved / "model")
     with pytest.raises(LookalikeError, match="its model folder is gone"):

@@ -87,7 +87,7 @@ def train_model(paths: Sequence[Path], labels: np.ndarray | None, out: Path, *,
     """Hold whole groups (about `val_fraction` of the images) out for validation, train,
     and write the model folder `out` with its loss/metric curve and the held-out
     comparison with the frozen encoder. When no epoch beats the frozen encoder there, the
-    folder holds the frozen encoder unchanged (`Fitted.best_epoch` is 0).
+    folder holds the frozen encoder unchanged (`Fitted.held_out.fell_back`).
 
     `labels` may be None only in self-supervised mode: held-out images then validate by
     finding an augmented view of themselves. A checkpoint is written to `out` after each
