@@ -4,7 +4,8 @@
         [--quality-set DIR] [--verify 50]
     .venv/bin/python benchmarks/regions.py --cost 300 [--repeats 3]   # indexing cost only
 
-A spec may set the regions' input size (`grid@160`): see `lookalike.regions`.
+A spec may set the regions' input size (`grid@160`): see `lookalike.regions`; a spec ending
+in `+local` (`proposals:16@160+local`) also builds the local-feature index.
 
 `--set` is a `lookalike dataset photo-crops` folder (built there when missing). For each
 strategy: index time and memory an image, then mAP and R@1 of the source tile (grade 5)
@@ -13,16 +14,23 @@ and nDCG@10 (other tiles of the same wallpaper count 1) per query kind. `--quali
 check that regions do not hurt them. `--verify N` adds, for each strategy, the same queries
 with verification of the top N hits, and the time a query either way. The rows
 marked `detailed` keep only the crops with as much detail as a database tile must have.
+`--busy` times the queries again with both cores held by other processes. `--brute-force N`
+adds, for N queries of each small kind, plain SIFT matching with RANSAC against every
+database image: the quality ceiling, and a time baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Mapping
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +43,10 @@ from lookalike.metrics import evaluate
 from lookalike.regions import parse_regions
 from lookalike.trec import read_qrels, read_queries
 
-KINDS = ("crop15", "crop25", "crop40", "crop60", "box25", "copy", "whole")
-DETAILED = ("crop15, detailed", "crop25, detailed", "box25, detailed")
+KINDS = ("crop10", "crop15", "crop25", "crop40", "crop60", "box25", "copy", "edited",
+         "edited-blur", "edited-text", "edited-grey", "edited-colour", "whole")
+DETAILED = ("crop10, detailed", "crop15, detailed", "crop25, detailed", "box25, detailed")
+BRUTE_KINDS = ("crop10", "crop15", "edited")
 
 
 def run_and_qrels(coll: Collection, folder: Path, query_regions: str, verify: int = 0
@@ -71,11 +81,83 @@ def detailed_queries(folder: Path) -> set[str]:
 
 
 def index(spec: str, database: Path, work: Path, encoder: Encoder) -> tuple[Collection, float]:
+    regions, local = spec.removesuffix("+local"), spec.endswith("+local")
     coll = Collection.create(work / f"{database.parent.name}-{spec}.lk", encoder=encoder,
-                             regions=spec)
+                             regions=regions, local_features=local)
     start = time.perf_counter()
     coll.index_folder(database)
     return coll, time.perf_counter() - start
+
+
+def _spin(stop: Event) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def busy_ms(coll: Collection, folder: Path, query_regions: str, verify: int,
+            sample: int = 60) -> float:
+    """Milliseconds a query, for the first `sample` queries, while one process a core
+    spins (what a user's machine running other work does to thread pools)."""
+    queries = read_queries(folder / "queries.jsonl")[:sample]
+    stop = multiprocessing.Event()
+    burners = [multiprocessing.Process(target=_spin, args=(stop,))
+               for _ in range(os.cpu_count() or 2)]
+    for burner in burners:
+        burner.start()
+    try:
+        start = time.perf_counter()
+        coll.search_many([(q.image, q.crop) if q.crop else q.image for q in queries], k=100,
+                         query_regions=query_regions, verify=verify)
+        return (time.perf_counter() - start) / len(queries) * 1000
+    finally:
+        stop.set()
+        for burner in burners:
+            burner.join()
+
+
+def brute_force(folder: Path, per_kind: int) -> None:
+    """Plain SIFT matching (Lowe's ratio test, RANSAC) of each query against every database
+    image, ranked by inliers: R@1 and seconds a query, for `per_kind` queries a kind."""
+    import cv2
+
+    from lookalike.local_features import describe
+
+    cv2.setNumThreads(1)
+    database = sorted((folder / "database").rglob("*.jpg"))
+    ids = [p.relative_to(folder / "database").as_posix() for p in database]
+    features = [describe(decode(p).image, count=100_000) for p in database]
+    qrels = read_qrels(folder / "qrels.txt")
+    print(f"\nBrute-force SIFT + RANSAC against all {len(database)} images ({per_kind} "
+          "queries a kind)\n\n| query kind | R@1 | s/query |\n|---|---:|---:|")
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    for kind in BRUTE_KINDS:
+        queries = [q for q in read_queries(folder / "queries.jsonl")
+                   if q.id.startswith(kind)][:per_kind]
+        found, start = 0, time.perf_counter()
+        for query in queries:
+            image = decode(query.image).image
+            mine = describe(image.crop(query.crop) if query.crop else image, count=100_000)
+            inliers = [_inliers(matcher, mine, theirs) for theirs in features]
+            best = ids[int(np.argmax(inliers))] if max(inliers) > 0 else None
+            found += best is not None and qrels[query.id].get(best) == 5
+        seconds = (time.perf_counter() - start) / max(1, len(queries))
+        print(f"| {kind} | {found / max(1, len(queries)):.3f} | {seconds:.2f} |")
+
+
+def _inliers(matcher: Any, query: Any, candidate: Any) -> int:
+    import cv2
+
+    if len(query) < 2 or len(candidate) < 2:
+        return 0
+    pairs = matcher.knnMatch(query.descriptors, candidate.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < 4:
+        return 0
+    source = np.float32([query.points[m.queryIdx] for m in good])
+    target = np.float32([candidate.points[m.trainIdx] for m in good])
+    _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
+                                          ransacReprojThreshold=8.0)
+    return int(mask.sum()) if mask is not None else 0
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -119,6 +201,11 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=0,
                         help="Also run each strategy with verification of this "
                              "many top hits.")
+    parser.add_argument("--busy", action="store_true",
+                        help="Also time the queries with both cores held by other processes.")
+    parser.add_argument("--brute-force", type=int, default=0, metavar="N",
+                        help="SIFT + RANSAC against every database image, for N queries of "
+                             "each kind in BRUTE_KINDS.")
     args = parser.parse_args()
     if not (args.set / "qrels.txt").exists():
         build_dataset("photo-crops", args.set)
@@ -144,8 +231,10 @@ def main() -> None:
                 values.update(evaluate(run, qrels, ["ndcg@10"]))
                 rows.append((spec + (f" +verify {verify}" if verify else ""),
                              seconds / len(coll) * 1000, info["vectors_per_image"],
-                             (info["vector_bytes"] + info["structure_bytes"]) / len(coll)
-                             / 1024, query_ms,
+                             (info["vector_bytes"] + info["structure_bytes"]
+                              + info.get("local_bytes", 0)) / len(coll) / 1024, query_ms,
+                             busy_ms(coll, args.set, query_spec or "none", verify)
+                             if args.busy else float("nan"),
                              {kind: tuple(mean_of(values[m], kind.split(",")[0],
                                                   detailed if "," in kind else None)
                                           for m in ("map", "r@1", "ndcg@10"))
@@ -159,10 +248,12 @@ def main() -> None:
                                     mean_of(q_values["map"]), mean_of(q_values["ndcg@10"])))
 
     print(f"{args.set}: {len(coll)} database images, {args.model}\n")
-    print("| regions | index ms/image | vectors/image | KiB/image | ms/query |")
-    print("|---|---:|---:|---:|---:|")
-    for spec, ms, per_image, kib, query_ms, _ in rows:
-        print(f"| {spec} | {ms:.1f} | {per_image:.1f} | {kib:.1f} | {query_ms:.1f} |")
+    print("| regions | index ms/image | vectors/image | KiB/image | ms/query | "
+          "ms/query, cores busy |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for spec, ms, per_image, kib, query_ms, busy, _ in rows:
+        print(f"| {spec} | {ms:.1f} | {per_image:.1f} | {kib:.1f} | {query_ms:.1f} | "
+              f"{busy:.1f} |")
     print("\nmAP / R@1 of the source tile, nDCG@10\n")
     print("| query kind | " + " | ".join(spec for spec, *_ in rows) + " |")
     print("|---|" + "---:|" * len(rows))
@@ -174,6 +265,8 @@ def main() -> None:
         f"{kind} {sum(q.startswith(kind) for q in detailed)}/"
         f"{sum(q.startswith(kind) for q in every)}"
         for kind in (k.split(",")[0] for k in DETAILED)))
+    if args.brute_force:
+        brute_force(args.set, args.brute_force)
     if quality:
         print(f"\nWhole-image queries on {args.quality_set} (graded, threshold 1)\n")
         print("| regions | mAP | nDCG@10 |\n|---|---:|---:|")

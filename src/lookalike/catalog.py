@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS removed_vectors (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     vid INTEGER NOT NULL
 );
+-- Each image's visual words (`lookalike.local_features`), by its whole-image vector, for
+-- collections with local features; the local index's segments follow them.
+CREATE TABLE IF NOT EXISTS local_words (
+    vid INTEGER PRIMARY KEY REFERENCES vectors (vid) ON DELETE CASCADE,
+    words BLOB NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS vectors_removed AFTER DELETE ON vectors
 BEGIN INSERT INTO removed_vectors (vid) VALUES (old.vid); END;
 """
@@ -408,9 +414,10 @@ class Catalog:
         ).fetchone()
         return ImageRecord(*row) if row else None
 
-    def put_image(self, db: sqlite3.Connection, record: ImageRecord, rows: Iterable[VectorRow]
-                  ) -> None:
-        """Insert or replace an image and all its vectors."""
+    def put_image(self, db: sqlite3.Connection, record: ImageRecord, rows: Iterable[VectorRow],
+                  local_words: bytes | None = None) -> None:
+        """Insert or replace an image and all its vectors (the whole image first), and its
+        visual words when given."""
         db.execute("DELETE FROM vectors WHERE image_id = ?", (record.id,))
         db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
             record.id, record.size, record.mtime_ns, record.sha256, record.width,
@@ -421,6 +428,19 @@ class Catalog:
                              "(?, ?, ?, ?, ?)", (row.image_id, *row.box)).lastrowid
             blob = np.asarray(row.vector, np.float32).tobytes()
             db.execute("INSERT INTO pending VALUES (?, ?, ?)", (vid, blob, checksum(blob)))
+            if local_words is not None:
+                db.execute("INSERT INTO local_words VALUES (?, ?)", (vid, local_words))
+                local_words = None
+
+    def local_words_after(self, vid: int) -> list[tuple[int, bytes]]:
+        """(whole-image vector id, visual words) of the images committed after `vid`."""
+        return self.db.execute("SELECT vid, words FROM local_words WHERE vid > ? ORDER BY vid",
+                               (vid,)).fetchall()
+
+    def local_words_of(self, image_id: str) -> bytes | None:
+        row = self.db.execute("SELECT l.words FROM local_words l JOIN vectors v ON v.vid = l.vid "
+                              "WHERE v.image_id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
 
     def remove_images(self, db: sqlite3.Connection, ids: Iterable[str]) -> None:
         db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])

@@ -46,6 +46,8 @@ from lookalike.images import Box, ImageSource, decode
 from lookalike.index import IndexError_, SegmentedIndex, create_index
 from lookalike.index.spec import Number
 from lookalike.live_index import LiveIndex
+from lookalike.local_features import QUERY_WORDS, describe, shipped_vocabulary
+from lookalike.local_index import LocalIndex
 from lookalike.lock import WriterLock
 from lookalike.manifest import FORMAT_VERSION, Manifest
 from lookalike.ranking import METRICS, Metric, best_per_image, graded, metric_score, verified
@@ -104,6 +106,8 @@ class Collection:
         self.writer = writer or WriterLock(path)
         self.index = LiveIndex(path, self.catalog, manifest.index, manifest.dim, self.writer,
                                has_regions=manifest.regions != "none")
+        self.local = LocalIndex(path, self.catalog, shipped_vocabulary()) \
+            if manifest.local_features else None  # the local-feature index, if it has one
         self._encoder = encoder
         self.upgraded: str | None = None  # what `open(upgrade=True)` did
 
@@ -112,11 +116,13 @@ class Collection:
     @classmethod
     def create(cls, path: str | Path, *, encoder: str | Encoder = DEFAULT_ENCODER,
                index: str = "flat", regions: str = "none",
-               region_discount: float | None = None) -> Collection:
+               region_discount: float | None = None, local_features: bool = False
+               ) -> Collection:
         """A new, empty collection; `regions` (see `lookalike.regions`) picks the parts of
         each image that get a vector of their own besides the whole image, and
         `region_discount` how much less a region's match counts (the strategy's default
-        when None)."""
+        when None); `local_features` adds a local-feature index (`lookalike.local_index`),
+        which verified searches use to find small details."""
         path = Path(path)
         if (path / "manifest.json").exists():
             raise LookalikeError(f"{path}: a collection already exists there")
@@ -145,7 +151,7 @@ class Collection:
         if is_model_folder(Path(enc.name)):  # found again beside the collection if both move
             described["model_folder"] = os.path.relpath(enc.name, path.resolve())
         manifest = Manifest(encoder=described, index=index, regions=regions,
-                            region_discount=region_discount)
+                            region_discount=region_discount, local_features=local_features)
         catalog = Catalog(path / "catalog.sqlite", create=True)
         coll = cls(path, manifest, enc, catalog)
         coll.save_manifest(manifest)
@@ -181,12 +187,13 @@ class Collection:
     @classmethod
     def open_or_create(cls, path: str | Path, *, encoder: str | None = None,
                        index: str = "flat", regions: str = "none",
-                       region_discount: float | None = None, upgrade: bool = False,
-                       wait: bool = False) -> Collection:
+                       region_discount: float | None = None, local_features: bool = False,
+                       upgrade: bool = False, wait: bool = False) -> Collection:
         if (Path(path) / "manifest.json").exists():
             return cls.open(path, encoder=encoder, upgrade=upgrade, wait=wait)
         return cls.create(path, encoder=encoder or DEFAULT_ENCODER, index=index,
-                          regions=regions, region_discount=region_discount)
+                          regions=regions, region_discount=region_discount,
+                          local_features=local_features)
 
     def close(self) -> None:
         self.catalog.close()
@@ -306,7 +313,7 @@ class Collection:
               embed_with: BatchEncoder | None) -> IndexReport:
         """The model loads only if something is to be embedded."""
         return sync_files(scan, known, self.catalog, self.index,
-                          lambda: embed_with or self.encoder, self.regions,
+                          lambda: embed_with or self.encoder, self.regions, local=self.local,
                           batch_size=batch_size, progress=progress, after_batch=after_batch)
 
     def save_index(self) -> None:
@@ -392,9 +399,11 @@ class Collection:
         return self.index.current().live()
 
     def index_info(self) -> dict[str, Any]:
-        """The index's size and memory, and vectors an image, for reports."""
+        """The index's size and memory, and vectors an image, for reports (with the
+        local-feature index's images, points and bytes when there is one)."""
         info = self.index.current().describe()
-        return {**info, "images": len(self),
+        local = self.local.describe() if self.local else {}
+        return {**info, **local, "images": len(self),
                 "vectors_per_image": round(info["vectors"] / max(1, len(self)), 2)}
 
     # -- search ---------------------------------------------------------------------------
@@ -474,11 +483,38 @@ class Collection:
         if verify < 0:
             raise LookalikeError(f"verify must be >= 0, got {verify}")
         wanted = max(self._wanted(k, min_grade), verify)
-        rows = self._query_rows(items, parse_regions(query_regions), wanted, exclude, options,
-                                progress, self._allowed(within))
+        allowed = self._allowed(within)
+        regions = parse_regions(query_regions)
+        rows = self._query_rows(items, regions, wanted, exclude, options, progress, allowed)
         if verify:
-            rows = [verified(item, hits, verify) for item, hits in zip(items, rows, strict=True)]
+            rows = [verified(item, hits, verify, self._local_matches(
+                        item, verify, exclude[n] if exclude else set(), allowed, regions,
+                        options))
+                    for n, (item, hits) in enumerate(zip(items, rows, strict=True))]
         return [self._finish(hits, k, metric, min_grade) for hits in rows]
+
+    def _local_matches(self, item: EncodeInput, depth: int, skip: set[str],
+                       allowed: np.ndarray | None, regions: Regions | None,
+                       options: Mapping[str, Number] | None) -> dict[str, Hit]:
+        """The images the local-feature index verifies the query in (none without one),
+        scored as the search scores them, with their inliers and boxes."""
+        if self.local is None:
+            return {}
+        image = decode(item[0]).crop(item[1]) if isinstance(item, tuple) else \
+            decode(item).image
+        words = self.local.vocabulary.quantise(describe(image), QUERY_WORDS)
+        matches = self.local.search(words, depth)
+        owners = self.catalog.vector_owners(np.array([m.vid for m in matches], np.int64))
+        permitted = None if allowed is None else set(allowed.tolist())
+        found = {owners[m.vid].image_id: m for m in matches
+                 if m.vid in owners and owners[m.vid].image_id not in skip
+                 and (permitted is None or m.vid in permitted)}
+        if not found:
+            return {}
+        scored = self._query_rows([item], regions, len(found), None, options, False,
+                                  self.catalog.vector_ids(found))[0]
+        return {h.id: replace(h, inliers=found[h.id].inliers, box=found[h.id].box)
+                for h in scored if h.id in found}
 
     @property
     def _region_size(self) -> int | None:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from stat import S_ISREG
 
 import numpy as np
@@ -21,6 +22,8 @@ from lookalike.catalog import Catalog, ImageRecord, VectorRow
 from lookalike.encoders import BatchEncoder
 from lookalike.folder import FolderScan, sha256_or_error
 from lookalike.live_index import LiveIndex
+from lookalike.local_features import file_words
+from lookalike.local_index import LocalIndex
 from lookalike.regions import Regions
 
 
@@ -75,11 +78,13 @@ def _compare(on_disk: Mapping[str, str], known: Mapping[str, ImageRecord]
 
 def sync_files(scan: FolderScan, known: Mapping[str, ImageRecord], catalog: Catalog,
                index: LiveIndex, embedder: Callable[[], BatchEncoder], regions: Regions | None,
-               *, batch_size: int = 32, progress: bool = False,
-               after_batch: Callable[[int], None] | None = None) -> IndexReport:
+               *, local: LocalIndex | None = None, batch_size: int = 32,
+               progress: bool = False, after_batch: Callable[[int], None] | None = None
+               ) -> IndexReport:
     """Bring the catalog in line with `scan`, within what `known` holds of it (all its
     images for a whole folder, those under the paths scanned otherwise), then save the
-    index. `embedder` is called only when something is to be embedded."""
+    index (and `local`, the local-feature index, whose words each new image gets).
+    `embedder` is called only when something is to be embedded."""
     on_disk = scan.files
     report = IndexReport(skipped=scan.skipped)
     changed, unreadable, report.unchanged = _compare(on_disk, known)
@@ -93,7 +98,7 @@ def sync_files(scan: FolderScan, known: Mapping[str, ImageRecord], catalog: Cata
             continue
         twin = catalog.ok_image_with_hash(sha)
         (twins if twin is not None else todo).append((image_id, path, stat, sha))
-    reused = _reuse_twins(catalog, index, twins)
+    reused = _reuse_twins(catalog, index, twins, local is not None)
     for image_id, path, stat, sha in twins:
         if image_id in reused:
             (report.updated if image_id in known else report.renamed).append(image_id)
@@ -114,33 +119,40 @@ def sync_files(scan: FolderScan, known: Mapping[str, ImageRecord], catalog: Cata
     batches = embedder().iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
                                     progress=progress, regions=regions
                                     ) if todo else iter(())
-    for number, batch in enumerate(batches):
-        with catalog.transaction() as db:
-            for i, pos in enumerate(batch.positions):
-                image_id, _, stat, sha = todo[pos]
-                w, h = batch.sizes[i]
-                record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, w, h,
-                                     "ok", None)
-                rows = [VectorRow(image_id, (0, 0, w, h), batch.vectors[i])]
-                if regions:
-                    rows += [VectorRow(image_id, box, vector) for box, vector in
-                             zip(batch.region_boxes[i], batch.region_vectors[i],
-                                 strict=True)]
-                catalog.put_image(db, record, rows)
-                (report.updated if image_id in known else report.added).append(image_id)
-            for pos, error in batch.failures:
-                image_id, _, stat, sha = todo[pos]
-                record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, None,
-                                     None, "error", error.reason)
-                catalog.put_image(db, record, [])
-                report.failed[image_id] = error.reason
-        if after_batch is not None:
-            after_batch(number)
+    words_of = partial(file_words, vocabulary=local.vocabulary) if local else None
+    with ThreadPoolExecutor(os.cpu_count()) as describing:  # OpenCV releases the GIL
+        for number, batch in enumerate(batches):
+            words: list[bytes | None] = [None] * len(batch.positions)
+            if words_of is not None:
+                words = list(describing.map(words_of, [todo[pos][1] for pos in batch.positions]))
+            with catalog.transaction() as db:
+                for i, pos in enumerate(batch.positions):
+                    image_id, _, stat, sha = todo[pos]
+                    w, h = batch.sizes[i]
+                    record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, w, h,
+                                         "ok", None)
+                    rows = [VectorRow(image_id, (0, 0, w, h), batch.vectors[i])]
+                    if regions:
+                        rows += [VectorRow(image_id, box, vector) for box, vector in
+                                 zip(batch.region_boxes[i], batch.region_vectors[i],
+                                     strict=True)]
+                    catalog.put_image(db, record, rows, words[i])
+                    (report.updated if image_id in known else report.added).append(image_id)
+                for pos, error in batch.failures:
+                    image_id, _, stat, sha = todo[pos]
+                    record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha, None,
+                                         None, "error", error.reason)
+                    catalog.put_image(db, record, [])
+                    report.failed[image_id] = error.reason
+            if after_batch is not None:
+                after_batch(number)
     index.save()
+    if local is not None:
+        local.save()
     return report
 
 def _reuse_twins(catalog: Catalog, index: LiveIndex,
-                 files: list[tuple[str, str, os.stat_result, str]]) -> set[str]:
+                 files: list[tuple[str, str, os.stat_result, str]], local: bool) -> set[str]:
     """Give each file the vectors of an identical one the catalog has (a rename or a
     copy: same sha256), all in one transaction; the ids that got them (not those whose
     twin's vectors are missing: they are embedded)."""
@@ -162,6 +174,7 @@ def _reuse_twins(catalog: Catalog, index: LiveIndex,
             record = ImageRecord(image_id, stat.st_size, stat.st_mtime_ns, sha,
                                  source.width, source.height, "ok", None)
             catalog.put_image(db, record, [VectorRow(image_id, box, found[vid])
-                                                for vid, box in boxes[twin]])
+                                           for vid, box in boxes[twin]],
+                              catalog.local_words_of(twin) if local else None)
             done.add(image_id)
     return done

@@ -25,6 +25,7 @@ class Manifest:
     index: str  # the index spec, normalised
     regions: str = "none"  # the regions spec, normalised
     region_discount: float = 0.0
+    local_features: bool = False  # visual words of each image, in a local-feature index
     root: str | None = None  # the indexed folder, absolute
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys of later versions, kept
@@ -51,13 +52,15 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed one."""
-        known = {"encoder", "index", "regions", "region_discount", "root", "format_version"}
+        known = {"encoder", "index", "regions", "region_discount", "local_features", "root",
+                 "format_version"}
         encoder = dict(data["encoder"])
         if not isinstance(encoder.get("name"), str) or int(encoder["dim"]) <= 0:
             raise ValueError("the encoder needs a name and a dimension")
         return cls(encoder=encoder, index=str(data["index"]),
                    regions=str(data.get("regions", "none")),
                    region_discount=float(data.get("region_discount", 0.0)),
+                   local_features=bool(data.get("local_features", False)),
                    root=data.get("root"), format_version=int(data.get("format_version", 1)),
                    extra={k: v for k, v in data.items() if k not in known})
 

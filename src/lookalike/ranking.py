@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Literal
 
@@ -22,28 +23,37 @@ Metric = Literal["cosine", "dot", "l2"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
 
 
-def verified(query: EncodeInput, hits: list[Hit], depth: int) -> list[Hit]:
+def verified(query: EncodeInput, hits: list[Hit], depth: int,
+             found: Mapping[str, Hit] | None = None) -> list[Hit]:
     """The first `depth` hits re-ranked by verification against the query: those whose
     keypoints verify first (most inliers first), then those where the query's pixels match
     (least difference first), each boxed where the query lies; then the others in their
-    order, then the hits past `depth`."""
+    order, then the hits past `depth`. `found` are hits verified already (by the
+    local-feature index, with inliers and box), by image id: they join the first group,
+    from the shortlist or not."""
+    found = found or {}
     image = decode(query[0]).crop(query[1]) if isinstance(query, tuple) else decode(query).image
     query_points, template = keypoints(image), verification.Template(image)
     by_keypoints, by_pixels, unverified = [], [], []
     for hit in hits[:depth]:
-        found = file_evidence(hit.path)
-        match = verification.verify(query_points, found[0]) if found is not None else None
-        placed = (verification.locate(template, found[1])
-                  if found is not None and match is None else None)
+        if hit.id in found:
+            by_keypoints.append(found[hit.id])
+            continue
+        evidence = file_evidence(hit.path)
+        match = verification.verify(query_points, evidence[0]) if evidence else None
+        placed = (verification.locate(template, evidence[1])
+                  if evidence is not None and match is None else None)
         if match is not None:
             by_keypoints.append(replace(hit, inliers=match.inliers, box=match.box))
         elif placed is not None:
             by_pixels.append(replace(hit, pixel_error=placed.error, box=placed.box))
         else:
             unverified.append(hit)
+    shortlist = {h.id for h in hits[:depth]}
+    by_keypoints += [h for i, h in found.items() if i not in shortlist]
     by_keypoints.sort(key=lambda h: -(h.inliers or 0))
     by_pixels.sort(key=lambda h: h.pixel_error or 0.0)
-    return by_keypoints + by_pixels + unverified + hits[depth:]
+    return by_keypoints + by_pixels + unverified + [h for h in hits[depth:] if h.id not in found]
 
 
 def file_evidence(path: str) -> tuple[Keypoints, Thumbnails] | None:

@@ -34,16 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from lookalike import verification
 from lookalike.datasets.crops import WALLPAPER_DIRS, detail, wallpapers
+from lookalike.datasets.edits import caption, colours, crop
 from lookalike.images import decode
 
 WIDTH, HEIGHT = 640, 480
 ROWS = 3
 MIN_DETAIL = 2.5  # as photo-crops: flat tiles (sky, gradients) nothing could tell apart
-WORDS = ("SALE", "holiday 2019", "© photo", "REPOST", "lol", "do not copy", "summer")
 Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 
@@ -86,38 +86,11 @@ def _same_picture(a: verification.Keypoints, b: verification.Keypoints) -> bool:
     return match is not None and match.inliers >= SAME_PICTURE_INLIERS
 
 
-def _crop(image: Image.Image, area: float, rng: np.random.Generator) -> Image.Image:
-    """A crop of `area` of the picture, of its aspect ratio, at a random place."""
-    w, h = round(image.width * area ** 0.5), round(image.height * area ** 0.5)
-    x, y = int(rng.integers(0, image.width - w + 1)), int(rng.integers(0, image.height - h + 1))
-    return image.crop((x, y, x + w, y + h))
-
-
-def _colours(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    gains = rng.uniform(0.8, 1.2, size=3).astype(np.float32)
-    shifted = np.asarray(image, np.float32) * gains + float(rng.uniform(-20, 20))
-    image = Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8))
-    return ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.8, 1.3)))
-
-
-def _caption(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    image = image.copy()
-    size = max(12, image.height // int(rng.integers(6, 10)))
-    font = ImageFont.load_default(size=size)
-    x = int(rng.integers(0, max(1, image.width // 3)))
-    y = int(rng.integers(0, max(1, image.height - size - 4)))
-    colour = tuple(int(v) for v in rng.choice([0, 255], size=3))
-    ImageDraw.Draw(image).text((x, y), str(rng.choice(WORDS)), fill=colour, font=font,
-                               stroke_width=max(1, size // 15),
-                               stroke_fill=tuple(255 - c for c in colour))
-    return image
-
-
 def _turned_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Half the area, turned up to 10 degrees; cut from a larger crop so no blank corner
     shows (the turn is a camera's, not a scanner's)."""
     angle = float(rng.uniform(-10, 10))
-    wide = _crop(image, 0.5 * 1.45, rng)
+    wide = crop(image, 0.5 * 1.45, rng)
     turned = wide.rotate(angle, resample=Image.Resampling.BICUBIC)
     w, h = round(turned.width / 1.45 ** 0.5), round(turned.height / 1.45 ** 0.5)
     x, y = (turned.width - w) // 2, (turned.height - h) // 2
@@ -132,11 +105,11 @@ FAMILIES: dict[str, Transform] = {
     "flipped": lambda image, rng: ImageOps.mirror(image),
     "rotated": lambda image, rng: image.transpose(
         Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270),
-    "edited": lambda image, rng: _caption(_colours(image, rng), rng),
-    "crop80": lambda image, rng: _colours(_crop(image, 0.8, rng), rng),
+    "edited": lambda image, rng: caption(colours(image, rng), rng),
+    "crop80": lambda image, rng: colours(crop(image, 0.8, rng), rng),
     "crop50-rot10": _turned_crop,
-    "crop30-grey": lambda image, rng: ImageOps.grayscale(_crop(image, 0.3, rng)).convert("RGB"),
-    "crop25-blur-text": lambda image, rng: _caption(_crop(image, 0.25, rng).filter(
+    "crop30-grey": lambda image, rng: ImageOps.grayscale(crop(image, 0.3, rng)).convert("RGB"),
+    "crop25-blur-text": lambda image, rng: caption(crop(image, 0.25, rng).filter(
         ImageFilter.GaussianBlur(float(rng.uniform(2.5, 4)))), rng),
 }
 RELATION = {family: "cropped" if family.startswith("crop") else family for family in FAMILIES}

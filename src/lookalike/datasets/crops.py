@@ -12,7 +12,14 @@ For each of `queries` sampled tiles, seven queries:
 - `box25_`: the database tile itself with a crop box of 25 % of the side;
 - `copy_`: a partial copy: a 30-60 % crop, rotated up to 20 degrees, brightness x0.8-1.2,
   scaled x0.6-1, JPEG quality 30-60;
-- `whole_`: the whole tile, scaled to 384 px, JPEG quality 50.
+- `whole_`: the whole tile, scaled to 384 px, JPEG quality 50;
+- `crop10_`: a square crop of 10 % of the side (51 px), a detail;
+- `edited-blur_`, `edited-text_`, `edited-grey_`, `edited-colour_` (one of them a tile): an
+  edited partial copy, a square crop of 25-30 % of the side, strongly blurred, captioned,
+  turned grey or strongly recoloured.
+
+The last two kinds come from a generator of their own, so that the others are the same as
+in sets built before they were added.
 
 Grades: 5 for the source tile, 1 for the other tiles of the same wallpaper.
 """
@@ -24,8 +31,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
+from lookalike.datasets.edits import caption, colours
 from lookalike.errors import LookalikeError
 from lookalike.images import IMAGE_SUFFIXES, decode
 
@@ -96,6 +104,22 @@ def _partial_copy(tile: Image.Image, rng: np.random.Generator) -> Image.Image:
     return copy.resize((max(16, round(copy.width * scale)),) * 2, Image.Resampling.BILINEAR)
 
 
+EDITS = ("blur", "text", "grey", "colour")
+
+
+def _edited_copy(tile: Image.Image, rng: np.random.Generator) -> tuple[str, Image.Image]:
+    """A partial copy (25-30 % of the side) with one heavy edit, and the edit's name."""
+    part = tile.crop(_square(rng, float(rng.uniform(0.25, 0.30))))
+    edit = EDITS[int(rng.integers(len(EDITS)))]
+    if edit == "blur":
+        return edit, part.filter(ImageFilter.GaussianBlur(float(rng.uniform(2.0, 3.0))))
+    if edit == "text":
+        return edit, caption(part, rng)
+    if edit == "grey":
+        return edit, ImageOps.grayscale(part).convert("RGB")
+    return edit, colours(part, rng, strength=0.4)
+
+
 def wallpapers(folders: tuple[Path, ...] = WALLPAPER_DIRS) -> dict[str, Path]:
     """`find_photos`, or an error saying how to install them when there are too few."""
     photos = find_photos(folders)
@@ -110,6 +134,7 @@ def build_photo_crops(out: Path, *, db_size: int = 2000, queries: int = 150, see
                       folders: tuple[Path, ...] = WALLPAPER_DIRS) -> Path:
     photos = wallpapers(folders)
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])  # for the kinds added later (crop10, edited)
     tiles: list[tuple[str, str, Image.Image]] = []  # (doc id, photo, pixels)
     for key, path in photos.items():
         tiles += [(f"{key}/{n:02d}.jpg", key, tile) for n, tile in enumerate(_tiles(path))]
@@ -131,6 +156,9 @@ def build_photo_crops(out: Path, *, db_size: int = 2000, queries: int = 150, see
             made.append(("box25", None, list(_square(rng, 0.25))))
             made.append(("copy", _partial_copy(tile, rng), None))
             made.append(("whole", tile.resize((384, 384), Image.Resampling.BILINEAR), None))
+            made.append(("crop10", tile.crop(_square(extra, 0.10)), None))
+            edit, edited = _edited_copy(tile, extra)
+            made.append((f"edited-{edit}", edited, None))
             for kind, pixels, box in made:
                 qid = f"{kind}_{n:05d}"
                 if pixels is None:

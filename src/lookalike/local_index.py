@@ -1,0 +1,323 @@
+"""The local-feature index: which images share enough local features with a query, and
+where the query lies in them (issue 20: a 10 % detail that no vector finds).
+
+Every image's visual words (`lookalike.local_features`) are kept in the catalog, committed
+with the image and removed with it. For search they are laid out as an inverted file (for
+each word, the points of every image that has it) in immutable segments:
+
+    local/index.json          the segments, the vocabulary and the last vector id covered
+    local/seg-FIRST-LAST/     one segment: the images whose whole-image vector ids lie in
+                              FIRST..LAST (`vids`, `sizes`), their points sorted by word
+                              (`offsets` into `rows`, `signatures`, `points`), and each
+                              word's number of images (`df`)
+
+A save turns the images committed since the last segment into a new one and merges the
+newest segments while the newer is at least half the older's size, so a point is rewritten
+O(log N) times and a save costs what changed. A reader searches the segments, memory-mapped,
+plus the images committed after them, read from the catalog.
+
+A query's points vote for images (Hamming embedding with selective weights: Jégou et al.
+2008, Tolias et al. 2013): a vote needs the same word and signatures within
+`MAX_HAMMING` bits, weighs idf^2 x exp(-h^2 / SIGMA^2), and each query point votes once an
+image. The best-voted images are verified by RANSAC on the matched points' positions (a
+similarity transform, as `lookalike.verification` does with ORB), which gives the inliers
+and the box where the query lies, without reading the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lookalike import verification
+from lookalike.atomic import atomic_write
+from lookalike.catalog import Catalog
+from lookalike.images import Box
+from lookalike.local_features import Vocabulary, Words
+from lookalike.verification import opencv
+
+MAX_HAMMING = 24        # of 64 bits: signatures further apart are not the same feature
+SIGMA = 16.0            # a vote's weight falls with its Hamming distance
+VERIFIED = 50           # the best-voted images that RANSAC checks
+MIN_INLIERS = 8         # fewer agreeing points than this is chance
+REPROJECTION = 0.015    # RANSAC inlier distance, of the candidate's long side
+SCALE_RANGE = (0.02, 10.0)  # the query's scale in the candidate: outside is degenerate
+ARRAYS = ("vids", "sizes", "offsets", "rows", "signatures", "points", "df")
+
+
+@dataclass(frozen=True)
+class LocalMatch:
+    """An image the query's local features verify in: its whole-image vector id, the
+    query's votes for it, the points that agree, and the query's box in its pixels."""
+
+    vid: int
+    votes: float
+    inliers: int
+    box: Box
+
+
+class _Segment:
+    """The inverted file of some images (arrays as listed in `ARRAYS`)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.vids = arrays["vids"]
+        self.sizes = arrays["sizes"]
+        self.offsets = arrays["offsets"]
+        self.rows = arrays["rows"]
+        self.signatures = arrays["signatures"]
+        self.points = arrays["points"]  # of each image's size, x 65535
+        self.df = arrays["df"]
+
+    @classmethod
+    def build(cls, items: list[tuple[int, Words]], words: int) -> _Segment:
+        vids = np.array([vid for vid, _ in items], np.int64)
+        sizes = np.array([w.size for _, w in items], np.int32).reshape(-1, 2)
+        every = [w for _, w in items]
+        word = np.concatenate([w.words[:, 0] for w in every] or [np.empty(0, np.int64)])
+        rows = np.repeat(np.arange(len(items), dtype=np.int32), [len(w) for w in every])
+        signatures = np.concatenate([w.signatures[:, 0] for w in every]
+                                    or [np.empty(0, np.uint64)])
+        points = np.concatenate([w.points / np.maximum(np.array(w.size, np.float32), 1)
+                                 for w in every] or [np.empty((0, 2), np.float32)])
+        order = np.argsort(word, kind="stable")
+        pairs = np.unique(word * max(1, len(items)) + rows)  # each (word, image) once
+        df = np.bincount(pairs // max(1, len(items)), minlength=words).astype(np.int32)
+        return cls({"vids": vids, "sizes": sizes,
+                    "offsets": np.searchsorted(word[order], np.arange(words + 1)).astype(np.int64),
+                    "rows": rows[order], "signatures": signatures[order],
+                    "points": np.round(np.clip(points[order], 0, 1) * 65535).astype(np.uint16),
+                    "df": df})
+
+    def items(self, keep: np.ndarray) -> list[tuple[int, Words]]:
+        """The images of `keep` (a mask over `vids`) as words again, for a merge."""
+        order = np.argsort(self.rows, kind="stable")
+        word = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))[order]
+        bounds = np.searchsorted(self.rows[order], np.arange(len(self.vids) + 1))
+        out = []
+        for row in np.flatnonzero(keep):
+            part = order[bounds[row]:bounds[row + 1]]
+            size = (int(self.sizes[row, 0]), int(self.sizes[row, 1]))
+            out.append((int(self.vids[row]), Words(
+                word[bounds[row]:bounds[row + 1], None], self.signatures[part, None],
+                self.points[part] / 65535.0 * np.array(size, np.float32), size)))
+        return out
+
+    def save(self, folder: Path) -> None:
+        staging = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in ARRAYS:
+            np.save(staging / f"{name}.npy", getattr(self, name))
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            for name in ARRAYS:
+                with open(staging / f"{name}.npy", "rb+") as f:
+                    os.fsync(f.fileno())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> _Segment:
+        return cls({name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS})
+
+    def __len__(self) -> int:
+        return len(self.vids)
+
+
+@dataclass(frozen=True)
+class _Votes:
+    """One segment's matches with a query: query point, image row, posting, distance."""
+
+    query: np.ndarray
+    image: np.ndarray
+    posting: np.ndarray
+    weight: np.ndarray
+
+
+class LocalIndex:
+    """The local-feature index of the collection at `folder`, following `catalog`."""
+
+    def __init__(self, folder: Path, catalog: Catalog, vocabulary: Vocabulary) -> None:
+        self.folder = folder / "local"
+        self.catalog = catalog
+        self.vocabulary = vocabulary
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, list[_Segment]] | None = None  # (index.json text, segments)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, object]:
+        try:
+            state = json.loads((self.folder / "index.json").read_text())
+        except (OSError, ValueError):
+            return {"segments": [], "last_vid": 0}
+        if state.get("vocabulary") != self.vocabulary.fingerprint:
+            return {"segments": [], "last_vid": 0}  # built with another vocabulary: rebuild
+        return state
+
+    def save(self) -> None:
+        """Make a segment of the images committed since the last one, and merge (the
+        collection's writer lock held)."""
+        state = self._state()
+        segments: list[str] = list(state["segments"])  # type: ignore[call-overload]
+        last = int(state["last_vid"])  # type: ignore[call-overload]
+        new = self.catalog.local_words_after(last)
+        if not new:
+            return
+        first, last = new[0][0], new[-1][0]
+        self._write(f"seg-{first:012d}-{last:012d}",
+                    [(vid, Words.from_bytes(blob)) for vid, blob in new])
+        segments.append(f"seg-{first:012d}-{last:012d}")
+        while len(segments) >= 2 and (
+                2 * self._size(segments[-1]) >= self._size(segments[-2])):
+            older, newer = segments[-2], segments[-1]
+            items = []
+            for name in (older, newer):
+                segment = _Segment.load(self.folder / name)
+                items += segment.items(self._alive(np.asarray(segment.vids)))
+            merged = f"seg-{older[4:16]}-{newer[17:]}"
+            self._write(merged, items)
+            segments[-2:] = [merged]
+        with atomic_write(self.folder / "index.json") as fh:
+            json.dump({"vocabulary": self.vocabulary.fingerprint, "segments": segments,
+                       "last_vid": last}, fh)
+        for stale in self.folder.iterdir():
+            if stale.name.startswith("seg-") and stale.name not in segments:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _write(self, name: str, items: list[tuple[int, Words]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / name
+        if target.exists():  # a merge that reuses a name (same first and last id)
+            shutil.rmtree(target)
+        _Segment.build(items, len(self.vocabulary)).save(target)
+
+    def _size(self, name: str) -> int:
+        return int(np.load(self.folder / name / "vids.npy", mmap_mode="r").shape[0])
+
+    def _alive(self, vids: np.ndarray) -> np.ndarray:
+        owners = self.catalog.vector_owners(np.asarray(vids, np.int64))
+        return np.array([int(v) in owners for v in vids], bool)
+
+    def describe(self) -> dict[str, int]:
+        """Images and points in the saved segments, and the bytes they take on disk, with
+        the catalog's copy of the words (14 bytes a point)."""
+        state = self._state()
+        images = points = size = 0
+        for name in state["segments"]:  # type: ignore[attr-defined]
+            folder = self.folder / name
+            images += int(np.load(folder / "vids.npy", mmap_mode="r").shape[0])
+            points += int(np.load(folder / "rows.npy", mmap_mode="r").shape[0])
+            size += sum(f.stat().st_size for f in folder.iterdir())
+        return {"local_images": images, "local_points": points,
+                "local_bytes": size + 14 * points + 12 * images}
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _segments(self) -> list[_Segment]:
+        """The saved segments (loaded again when a save changed them), and the images
+        committed after them."""
+        with self._lock:
+            try:
+                text = (self.folder / "index.json").read_text()
+            except OSError:
+                text = ""
+            if self._loaded is None or self._loaded[0] != text:
+                state = self._state()
+                self._loaded = (text, [_Segment.load(self.folder / name)
+                                       for name in state["segments"]])  # type: ignore[attr-defined]
+                self._last = int(state["last_vid"])  # type: ignore[call-overload]
+            saved = self._loaded[1]
+        tail = self.catalog.local_words_after(self._last)
+        if tail:
+            saved = [*saved, _Segment.build([(v, Words.from_bytes(b)) for v, b in tail],
+                                             len(self.vocabulary))]
+        return saved
+
+    def search(self, query: Words, candidates: int = VERIFIED,
+               alive: Callable[[np.ndarray], np.ndarray] | None = None) -> list[LocalMatch]:
+        """The images the query's points verify in, most inliers first; the best-voted
+        `candidates` are checked."""
+        segments = self._segments()
+        if not segments or not len(query):
+            return []
+        images = sum(len(s) for s in segments)
+        df = np.sum([np.asarray(s.df) for s in segments], axis=0)
+        idf = np.log(max(images, 1) / np.maximum(df, 1)).astype(np.float32)
+        found = [_votes(s, query, idf) for s in segments]
+        scores = []
+        for number, votes in enumerate(found):
+            per_image = np.bincount(votes.image, votes.weight, minlength=len(segments[number]))
+            scores += [(float(score), number, row) for row, score in enumerate(per_image)
+                       if score > 0]
+        scores.sort(key=lambda s: -s[0])
+        best = scores[:2 * candidates]
+        vids = np.array([int(segments[n].vids[r]) for _, n, r in best], np.int64)
+        living = (alive or self._alive)(vids) if len(vids) else np.zeros(0, bool)
+        matches = []
+        checked = [(b, v) for b, v, ok in zip(best, vids, living, strict=True) if ok]
+        for (score, number, row), vid in checked[:candidates]:
+            placed = _place(query, segments[number], found[number], row)
+            if placed is not None:
+                matches.append(LocalMatch(int(vid), score, *placed))
+        matches.sort(key=lambda m: (-m.inliers, -m.votes))
+        return matches
+
+
+def _votes(segment: _Segment, query: Words, idf: np.ndarray) -> _Votes:
+    """The query's matching postings in `segment`, each query point's vote an image kept
+    once (its heaviest)."""
+    words = query.words.reshape(-1)
+    signatures = query.signatures.reshape(-1)
+    starts = np.asarray(segment.offsets[words])
+    lengths = np.asarray(segment.offsets[words + 1]) - starts
+    total = int(lengths.sum())
+    if total == 0:
+        empty = np.empty(0, np.int64)
+        return _Votes(empty, empty, empty, np.empty(0, np.float32))
+    owner = np.repeat(np.arange(len(words)), lengths)
+    posting = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths) \
+        + np.repeat(starts, lengths)
+    distance = np.bitwise_count(np.asarray(segment.signatures[posting]) ^ signatures[owner])
+    close = distance <= MAX_HAMMING
+    owner, posting, distance = owner[close], posting[close], distance[close]
+    weight = idf[words[owner]] ** 2 * np.exp(-(distance.astype(np.float32) / SIGMA) ** 2)
+    point = owner // query.words.shape[1]
+    image = np.asarray(segment.rows[posting]).astype(np.int64)
+    # one vote per query point and image: the heaviest
+    order = np.lexsort((-weight, image, point))
+    first = np.r_[True, (np.diff(point[order]) != 0) | (np.diff(image[order]) != 0)]
+    keep = order[first]
+    return _Votes(point[keep], image[keep], posting[keep], weight[keep])
+
+
+def _place(query: Words, segment: _Segment, votes: _Votes, row: int
+           ) -> tuple[int, Box] | None:
+    """RANSAC over the query's matched points in image `row`: the inliers and the box."""
+    mine = votes.image == row
+    if mine.sum() < MIN_INLIERS:
+        return None
+    size = (int(segment.sizes[row, 0]), int(segment.sizes[row, 1]))
+    source = query.points[votes.query[mine]]
+    target = np.asarray(segment.points[votes.posting[mine]]) / 65535.0 * np.array(size)
+    cv2 = opencv()
+    transform, mask = cv2.estimateAffinePartial2D(
+        source.astype(np.float32), target.astype(np.float32), method=cv2.RANSAC,
+        ransacReprojThreshold=REPROJECTION * max(size), maxIters=2000)
+    if transform is None or mask is None:
+        return None
+    inliers = int(mask.sum())
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    if inliers < MIN_INLIERS or not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
+        return None
+    box = verification.place(transform, query.size, size)
+    return None if box is None else (inliers, box)
