@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/regions.py [--set DIR] [--regions none grid proposals]
         [--quality-set DIR] [--verify 50]
     .venv/bin/python benchmarks/regions.py --cost 300 [--repeats 3]   # indexing cost only
+    .venv/bin/python benchmarks/regions.py --stages --regions SPEC --verify 50  # where
+        # small and edited queries lose their source
 
 A spec may set the regions' input size (`grid@160`): see `lookalike.regions`; a spec ending
 in `+local` (`proposals:16@160+local`) also builds the local-feature index.
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from lookalike import Collection
+from lookalike import Collection, ranking
 from lookalike.datasets import build_dataset
 from lookalike.datasets.crops import MIN_DETAIL, detail
 from lookalike.encoders import Encoder, create_encoder
@@ -116,48 +118,98 @@ def busy_ms(coll: Collection, folder: Path, query_regions: str, verify: int,
 
 
 def brute_force(folder: Path, per_kind: int) -> None:
-    """Plain SIFT matching (Lowe's ratio test, RANSAC) of each query against every database
-    image, ranked by inliers: R@1 and seconds a query, for `per_kind` queries a kind."""
+    """Plain SIFT matching (every keypoint; Lowe's ratio test, RANSAC) of each query against
+    every database image, ranked by inliers: R@1 and seconds a query, for `per_kind` queries
+    a kind. Nearest descriptors by faiss (exact, BLAS)."""
     import cv2
+    import faiss
 
     from lookalike.local_features import describe
 
-    cv2.setNumThreads(1)
     database = sorted((folder / "database").rglob("*.jpg"))
     ids = [p.relative_to(folder / "database").as_posix() for p in database]
     features = [describe(decode(p).image, count=100_000) for p in database]
+    indexes = []
+    for found in features:
+        flat = faiss.IndexFlatL2(128)
+        flat.add(found.descriptors)
+        indexes.append(flat)
     qrels = read_qrels(folder / "qrels.txt")
     print(f"\nBrute-force SIFT + RANSAC against all {len(database)} images ({per_kind} "
-          "queries a kind)\n\n| query kind | R@1 | s/query |\n|---|---:|---:|")
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
+          "queries a kind)\n\n| query kind | R@1 | s/query |\n|---|---:|---:|", flush=True)
     for kind in BRUTE_KINDS:
         queries = [q for q in read_queries(folder / "queries.jsonl")
                    if q.id.startswith(kind)][:per_kind]
-        found, start = 0, time.perf_counter()
+        hits, start = 0, time.perf_counter()
         for query in queries:
             image = decode(query.image).image
             mine = describe(image.crop(query.crop) if query.crop else image, count=100_000)
-            inliers = [_inliers(matcher, mine, theirs) for theirs in features]
+            inliers = [_inliers(cv2, mine, theirs, flat)
+                       for theirs, flat in zip(features, indexes, strict=True)]
             best = ids[int(np.argmax(inliers))] if max(inliers) > 0 else None
-            found += best is not None and qrels[query.id].get(best) == 5
+            hits += best is not None and qrels[query.id].get(best) == 5
         seconds = (time.perf_counter() - start) / max(1, len(queries))
-        print(f"| {kind} | {found / max(1, len(queries)):.3f} | {seconds:.2f} |")
+        print(f"| {kind} | {hits / max(1, len(queries)):.3f} | {seconds:.2f} |", flush=True)
 
 
-def _inliers(matcher: Any, query: Any, candidate: Any) -> int:
-    import cv2
-
+def _inliers(cv2: Any, query: Any, candidate: Any, flat: Any) -> int:
     if len(query) < 2 or len(candidate) < 2:
         return 0
-    pairs = matcher.knnMatch(query.descriptors, candidate.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    distances, nearest = flat.search(query.descriptors, 2)
+    good = np.flatnonzero(distances[:, 0] < 0.64 * distances[:, 1])  # ratio 0.8, squared
     if len(good) < 4:
         return 0
-    source = np.float32([query.points[m.queryIdx] for m in good])
-    target = np.float32([candidate.points[m.trainIdx] for m in good])
-    _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
-                                          ransacReprojThreshold=8.0)
+    _, mask = cv2.estimateAffinePartial2D(query.points[good], candidate.points[nearest[good, 0]],
+                                          method=cv2.RANSAC, ransacReprojThreshold=8.0)
     return int(mask.sum()) if mask is not None else 0
+
+
+def stages(args: argparse.Namespace) -> None:
+    """Where each kind of query loses its source, stage by stage, for the first regions
+    spec (built with local features): in the embeddings' shortlist of `--verify` hits; if
+    there, verified by keypoints or else by pixels; verified by the local-feature index;
+    and first in the end."""
+    from lookalike import verification
+    from lookalike.local_features import QUERY_WORDS, describe
+
+    encoder = create_encoder(args.model)
+    spec = args.regions[0].removesuffix("+local") + "+local"
+    qrels = read_qrels(args.set / "qrels.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        coll, _ = index(spec, args.set / "database", Path(tmp), encoder)
+        assert coll.local is not None
+        counts: dict[str, list[int]] = {}
+        for query in read_queries(args.set / "queries.jsonl"):
+            kind = query.id.split("_")[0]
+            if not kind.startswith(("crop10", "crop15", "edited", "copy")):
+                continue
+            source = next(d for d, g in qrels[query.id].items() if g == 5)
+            item = (query.image, query.crop) if query.crop else query.image
+            image = decode(query.image).image
+            image = image.crop(query.crop) if query.crop else image
+            shortlist = [h.id for h in coll.search_many([item], k=args.verify)[0]]
+            listed = source in shortlist
+            evidence = ranking.file_evidence(str(args.set / "database" / source))
+            assert evidence is not None
+            by_points = verification.verify(verification.keypoints(image), evidence[0])
+            by_pixels = verification.locate(verification.Template(image), evidence[1])
+            local = coll.local.search(coll.local.vocabulary.quantise(describe(image),
+                                                                     QUERY_WORDS))
+            owners = coll.catalog.vector_owners(np.array([m.vid for m in local], np.int64))
+            local_ids = [owners[m.vid].image_id for m in local if m.vid in owners]
+            first = coll.search_many([item], k=1, verify=args.verify)[0]
+            row = [1, listed, listed and by_points is not None,
+                   listed and by_points is None and by_pixels is not None,
+                   source in local_ids, bool(local_ids) and local_ids[0] == source,
+                   bool(first) and first[0].id == source]
+            counts[kind] = [a + int(b) for a, b in zip(counts.get(kind, [0] * 7), row,
+                                                       strict=True)]
+    print(f"Stages, {spec}, shortlist {args.verify} (share of the queries)\n")
+    print("| query kind | queries | in shortlist | + keypoints verify | + pixels verify | "
+          "local index verifies | local index first | first in the end |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, (n, *rest) in sorted(counts.items()):
+        print(f"| {kind} | {n} | " + " | ".join(f"{v / n:.2f}" for v in rest) + " |")
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -192,7 +244,7 @@ def cost(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", type=Path, default=Path("/tmp/photo-crops"))
-    parser.add_argument("--regions", nargs="+", default=["none", "grid", "proposals"],
+    parser.add_argument("--regions", nargs="*", default=["none", "grid", "proposals"],
                         help="Specs; DB/QUERY (e.g. grid/grid:2) also splits the queries.")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--quality-set", type=Path)
@@ -201,16 +253,23 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=0,
                         help="Also run each strategy with verification of this "
                              "many top hits.")
+    parser.add_argument("--stages", action="store_true",
+                        help="Only say where small and edited queries lose their source, "
+                             "stage by stage (the first spec, with local features).")
     parser.add_argument("--busy", action="store_true",
                         help="Also time the queries with both cores held by other processes.")
     parser.add_argument("--brute-force", type=int, default=0, metavar="N",
                         help="SIFT + RANSAC against every database image, for N queries of "
-                             "each kind in BRUTE_KINDS.")
+                             "each kind in BRUTE_KINDS (alone with `--regions` and no spec).")
     args = parser.parse_args()
     if not (args.set / "qrels.txt").exists():
         build_dataset("photo-crops", args.set)
     if args.cost:
         return cost(args)
+    if args.brute_force and not args.regions:
+        return brute_force(args.set, args.brute_force)
+    if args.stages:
+        return stages(args)
 
     encoder = create_encoder(args.model)  # one runtime session for every collection
     detailed = detailed_queries(args.set)

@@ -62,12 +62,14 @@ def _detail(path: Path, fraction: float = 0.1) -> tuple[Image.Image, tuple[int, 
 def test_words_survive_storage() -> None:
     rng = np.random.default_rng(0)
     words = Words(rng.integers(0, 8192, (50, 1)), rng.integers(0, 2**63, (50, 1), np.uint64),
-                  rng.uniform(0, 1, (50, 2)).astype(np.float32) * [640, 480], (640, 480))
+                  rng.uniform(0, 1, (50, 2)).astype(np.float32) * [640, 480],
+                  rng.integers(0, 256, (50, 2), np.uint8), (640, 480))
     back = Words.from_bytes(words.to_bytes())
     assert np.array_equal(back.words, words.words)
     assert np.array_equal(back.signatures, words.signatures)
     assert np.abs(back.points - words.points).max() < 0.01
-    assert back.size == (640, 480) and len(words.to_bytes()) == 12 + 14 * 50
+    assert np.array_equal(back.poses, words.poses)
+    assert back.size == (640, 480) and len(words.to_bytes()) == 12 + 16 * 50
 
 
 @pytest.mark.parametrize("enlarge", [1, 4])

@@ -134,6 +134,9 @@ def _repair(path: Path, lock: WriterLock, encoder: Encoder | None, progress: boo
                 catalog.remove_images(db, damaged)
             actions.append(f"dropped the damaged vectors of {len(damaged)} image(s)")
         actions += _rebuild_index(coll)
+        if coll.local is not None:
+            coll.local.rebuild()
+            actions.append("rebuilt the local-feature index from the catalog's words")
         root = _root(manifest, catalog)
         if root is not None and root.is_dir():
             report = coll.index_folder(root, progress=progress)

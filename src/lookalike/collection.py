@@ -50,7 +50,15 @@ from lookalike.local_features import QUERY_WORDS, describe, shipped_vocabulary
 from lookalike.local_index import LocalIndex
 from lookalike.lock import WriterLock
 from lookalike.manifest import FORMAT_VERSION, Manifest
-from lookalike.ranking import METRICS, Metric, best_per_image, graded, metric_score, verified
+from lookalike.ranking import (
+    METRICS,
+    Metric,
+    agrees,
+    best_per_image,
+    graded,
+    metric_score,
+    verified,
+)
 from lookalike.regions import Regions, parse_regions
 
 VectorKind = Literal["all", "whole", "regions"]
@@ -506,9 +514,11 @@ class Collection:
         matches = self.local.search(words, depth)
         owners = self.catalog.vector_owners(np.array([m.vid for m in matches], np.int64))
         permitted = None if allowed is None else set(allowed.tolist())
+        root = self.root or self.path
         found = {owners[m.vid].image_id: m for m in matches
                  if m.vid in owners and owners[m.vid].image_id not in skip
-                 and (permitted is None or m.vid in permitted)}
+                 and (permitted is None or m.vid in permitted)
+                 and agrees(image, str(image_path(root, owners[m.vid].image_id)), m.transform)}
         if not found:
             return {}
         scored = self._query_rows([item], regions, len(found), None, options, False,

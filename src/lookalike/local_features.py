@@ -39,14 +39,16 @@ QUERY_WORDS = 2         # a query's point takes its nearest words: quantisation 
 CONTRAST = 0.002       # SIFT detection threshold: photos low in contrast keep points
 BITS = 64               # Hamming-embedding signature length
 VOCABULARY = "vocabulary.npz"
+LOOKUP_LISTS, LOOKUP_PROBES = 64, 8  # the words' own inverted file, and the lists searched
 
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """RootSIFT descriptors (n, 128) float32 and their points (n, 2) in the image's own
-    pixels, with the image's size."""
+    """RootSIFT descriptors (n, 128) float32, their points (n, 2) in the image's own
+    pixels and poses (n, 2) uint8 (see `poses`), with the image's size."""
 
     points: np.ndarray
+    poses: np.ndarray
     descriptors: np.ndarray
     size: tuple[int, int]
 
@@ -64,15 +66,29 @@ def describe(image: Image.Image, count: int = MAX_FEATURES) -> LocalFeatures:
         Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BILINEAR, reducing_gap=2.0)
     grey = np.asarray(work.convert("L"))
     sift = cv2.SIFT_create(contrastThreshold=CONTRAST)
-    found, descriptors = sift.detectAndCompute(grey, None)
-    if descriptors is None or not found:
-        return LocalFeatures(np.empty((0, 2), np.float32), np.empty((0, 128), np.float32),
-                             image.size)
+    found = sift.detect(grey, None)
+    if found:
+        where = cv2.KeyPoint_convert(found).reshape(-1, 2)
+        response = np.fromiter((k.response for k in found), np.float32, len(found))
+        kept = spread(where, response, grey.shape, count)
+        found, descriptors = sift.compute(grey, [found[i] for i in kept])  # the kept only
+    if not found or descriptors is None:
+        return LocalFeatures(np.empty((0, 2), np.float32), np.empty((0, 2), np.uint8),
+                             np.empty((0, 128), np.float32), image.size)
     points = cv2.KeyPoint_convert(found).reshape(-1, 2)
-    response = np.fromiter((k.response for k in found), np.float32, len(found))
-    kept = spread(points, response, grey.shape, count)
-    return LocalFeatures((points[kept] / scale).astype(np.float32),
-                         root_sift(descriptors[kept]), image.size)
+    angles = np.fromiter((k.angle for k in found), np.float32, len(found))
+    sizes = np.fromiter((k.size for k in found), np.float32, len(found)) / scale
+    return LocalFeatures((points / scale).astype(np.float32), poses(angles, sizes),
+                         root_sift(descriptors), image.size)
+
+
+def poses(angles: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each keypoint's orientation (degrees) in 256ths of a turn and its size (pixels) in
+    16ths of an octave, as bytes: two matches of one copy differ by the same turn and
+    scale (weak geometric consistency, Jégou et al. 2008)."""
+    turn = np.round(angles / 360.0 * 256).astype(np.int64) % 256
+    octave = np.clip(np.round(16 * np.log2(np.maximum(sizes, 1e-3))) + 64, 0, 255)
+    return np.stack([turn, octave], axis=1).astype(np.uint8)
 
 
 def spread(points: np.ndarray, response: np.ndarray, shape: tuple[int, ...], count: int
@@ -101,25 +117,28 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Words:
     """An image quantised: each point's word(s) (n, a) and 64-bit signatures (n, a) (a > 1
-    for a query, which takes its nearest `a` words), with points (n, 2) in its own pixels."""
+    for a query, which takes its nearest `a` words), with points (n, 2) in its own pixels
+    and their poses (n, 2)."""
 
     words: np.ndarray
     signatures: np.ndarray
     points: np.ndarray
+    poses: np.ndarray
     size: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.points)
 
     def to_bytes(self) -> bytes:
-        """Compact storage of an indexed image (one word a point): 14 bytes a point."""
+        """Compact storage of an indexed image (one word a point): 16 bytes a point."""
         if self.words.shape[1] != 1:
             raise ValueError("only singly assigned words are stored")
         relative = np.clip(self.points / np.array(self.size, np.float32), 0, 1)
         header = np.array([len(self), *self.size], np.uint32)
         return b"".join([header.tobytes(), self.words[:, 0].astype(np.uint16).tobytes(),
                          self.signatures[:, 0].astype(np.uint64).tobytes(),
-                         np.round(relative * 65535).astype(np.uint16).tobytes()])
+                         np.round(relative * 65535).astype(np.uint16).tobytes(),
+                         self.poses.astype(np.uint8).tobytes()])
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Words:
@@ -130,8 +149,10 @@ class Words:
         signatures = np.frombuffer(blob, np.uint64, n, at)
         at += 8 * n
         relative = np.frombuffer(blob, np.uint16, 2 * n, at).reshape(n, 2) / 65535.0
+        at += 4 * n
         points = (relative * np.array([width, height])).astype(np.float32)
-        return cls(words[:, None], signatures[:, None], points, (width, height))
+        poses = np.frombuffer(blob, np.uint8, 2 * n, at).reshape(n, 2)
+        return cls(words[:, None], signatures[:, None], points, poses, (width, height))
 
 
 class Vocabulary:
@@ -143,8 +164,13 @@ class Vocabulary:
         self.centroids = np.ascontiguousarray(centroids, np.float32)
         self.projection = np.ascontiguousarray(projection, np.float32)
         self.medians = np.ascontiguousarray(medians, np.float32)
-        self._index = faiss.IndexFlatL2(self.centroids.shape[1])
+        # words are looked up through an inverted file over the words themselves: ~10 x
+        # faster than comparing with all of them, and nearly always the same word
+        coarse = faiss.IndexFlatL2(self.centroids.shape[1])
+        self._index = faiss.IndexIVFFlat(coarse, self.centroids.shape[1], LOOKUP_LISTS)
+        self._index.train(self.centroids)
         self._index.add(self.centroids)
+        self._index.nprobe = LOOKUP_PROBES
         self.fingerprint = hashlib.sha256(self.centroids.tobytes()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -183,12 +209,13 @@ class Vocabulary:
         """Words and signatures of an image's features (`nearest` words each)."""
         if not len(features):
             empty = np.empty((0, nearest), np.int64)
-            return Words(empty, empty.astype(np.uint64), features.points, features.size)
+            return Words(empty, empty.astype(np.uint64), features.points, features.poses,
+                         features.size)
         words = self.assign(features.descriptors, nearest)
         projected = features.descriptors @ self.projection.T  # (n, BITS)
         bits = projected[:, None, :] > self.medians[words]  # (n, nearest, BITS)
         signatures = np.packbits(bits, axis=-1, bitorder="little").view(np.uint64)[..., 0]
-        return Words(words, signatures, features.points, features.size)
+        return Words(words, signatures, features.points, features.poses, features.size)
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, centroids=self.centroids.astype(np.float16),

@@ -46,21 +46,26 @@ from lookalike.verification import opencv
 MAX_HAMMING = 24        # of 64 bits: signatures further apart are not the same feature
 SIGMA = 16.0            # a vote's weight falls with its Hamming distance
 VERIFIED = 50           # the best-voted images that RANSAC checks
-MIN_INLIERS = 8         # fewer agreeing points than this is chance
+MIN_INLIERS = 4         # fewer agreeing points than this is chance (the pixels then decide:
+                        # `ranking.agrees`; a 10 % detail shares 3-10 points with its source)
+MIN_SIDE = 24           # a placement smaller than this (pixels, short side) is degenerate
 REPROJECTION = 0.015    # RANSAC inlier distance, of the candidate's long side
+TURN_BIN, SCALE_BIN = 16, 8  # pose bins: 1/16 of a turn, half an octave
 SCALE_RANGE = (0.02, 10.0)  # the query's scale in the candidate: outside is degenerate
-ARRAYS = ("vids", "sizes", "offsets", "rows", "signatures", "points", "df")
+ARRAYS = ("vids", "sizes", "offsets", "rows", "signatures", "points", "poses", "df")
 
 
 @dataclass(frozen=True)
 class LocalMatch:
     """An image the query's local features verify in: its whole-image vector id, the
-    query's votes for it, the points that agree, and the query's box in its pixels."""
+    query's votes for it, the points that agree, the query's box in its pixels, and the
+    similarity transform (2 x 3) from the query's pixels to its."""
 
     vid: int
     votes: float
     inliers: int
     box: Box
+    transform: np.ndarray
 
 
 class _Segment:
@@ -73,41 +78,58 @@ class _Segment:
         self.rows = arrays["rows"]
         self.signatures = arrays["signatures"]
         self.points = arrays["points"]  # of each image's size, x 65535
+        self.poses = arrays["poses"]
         self.df = arrays["df"]
 
     @classmethod
     def build(cls, items: list[tuple[int, Words]], words: int) -> _Segment:
-        vids = np.array([vid for vid, _ in items], np.int64)
-        sizes = np.array([w.size for _, w in items], np.int32).reshape(-1, 2)
+        """A segment of these images (whole-image vector id, words)."""
         every = [w for _, w in items]
-        word = np.concatenate([w.words[:, 0] for w in every] or [np.empty(0, np.int64)])
-        rows = np.repeat(np.arange(len(items), dtype=np.int32), [len(w) for w in every])
-        signatures = np.concatenate([w.signatures[:, 0] for w in every]
-                                    or [np.empty(0, np.uint64)])
-        points = np.concatenate([w.points / np.maximum(np.array(w.size, np.float32), 1)
-                                 for w in every] or [np.empty((0, 2), np.float32)])
-        order = np.argsort(word, kind="stable")
-        pairs = np.unique(word * max(1, len(items)) + rows)  # each (word, image) once
-        df = np.bincount(pairs // max(1, len(items)), minlength=words).astype(np.int32)
-        return cls({"vids": vids, "sizes": sizes,
-                    "offsets": np.searchsorted(word[order], np.arange(words + 1)).astype(np.int64),
-                    "rows": rows[order], "signatures": signatures[order],
-                    "points": np.round(np.clip(points[order], 0, 1) * 65535).astype(np.uint16),
-                    "df": df})
+        relative = [w.points / np.maximum(np.array(w.size, np.float32), 1) for w in every]
+        return cls._sorted(
+            np.array([vid for vid, _ in items], np.int64),
+            np.array([w.size for w in every], np.int32).reshape(-1, 2),
+            np.concatenate([w.words[:, 0] for w in every] or [np.empty(0, np.int64)]),
+            np.repeat(np.arange(len(every), dtype=np.int32), [len(w) for w in every]),
+            np.concatenate([w.signatures[:, 0] for w in every] or [np.empty(0, np.uint64)]),
+            np.round(np.clip(np.concatenate(relative or [np.empty((0, 2))]), 0, 1) * 65535
+                     ).astype(np.uint16),
+            np.concatenate([w.poses for w in every] or [np.empty((0, 2), np.uint8)]), words)
 
-    def items(self, keep: np.ndarray) -> list[tuple[int, Words]]:
-        """The images of `keep` (a mask over `vids`) as words again, for a merge."""
-        order = np.argsort(self.rows, kind="stable")
-        word = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))[order]
-        bounds = np.searchsorted(self.rows[order], np.arange(len(self.vids) + 1))
-        out = []
-        for row in np.flatnonzero(keep):
-            part = order[bounds[row]:bounds[row + 1]]
-            size = (int(self.sizes[row, 0]), int(self.sizes[row, 1]))
-            out.append((int(self.vids[row]), Words(
-                word[bounds[row]:bounds[row + 1], None], self.signatures[part, None],
-                self.points[part] / 65535.0 * np.array(size, np.float32), size)))
-        return out
+    @classmethod
+    def merge(cls, parts: list[tuple[_Segment, np.ndarray]], words: int) -> _Segment:
+        """One segment of the images that `keep` masks (over `vids`) in each part."""
+        columns: list[list[np.ndarray]] = [[] for _ in range(7)]
+        base = 0
+        for segment, keep in parts:
+            rows = np.asarray(segment.rows)
+            held = keep[rows]
+            renumbered = np.cumsum(keep) - 1 + base  # each kept image's row in the merge
+            word = np.repeat(np.arange(words), np.diff(np.asarray(segment.offsets)))
+            for column, values in zip(columns, (
+                    np.asarray(segment.vids)[keep], np.asarray(segment.sizes)[keep],
+                    word[held], renumbered[rows[held]].astype(np.int32),
+                    np.asarray(segment.signatures)[held], np.asarray(segment.points)[held],
+                    np.asarray(segment.poses)[held]), strict=True):
+                column.append(values)
+            base += int(keep.sum())
+        vids, sizes, word, rows, signatures, points, poses = (np.concatenate(c)
+                                                              for c in columns)
+        return cls._sorted(vids, sizes, word, rows, signatures, points, poses, words)
+
+    @classmethod
+    def _sorted(cls, vids: np.ndarray, sizes: np.ndarray, word: np.ndarray, rows: np.ndarray,
+                signatures: np.ndarray, points: np.ndarray, poses: np.ndarray, words: int
+                ) -> _Segment:
+        """The segment of these postings (each with its word and image row), by word."""
+        order = np.argsort(word, kind="stable")
+        pairs = np.unique(word.astype(np.int64) * max(1, len(vids)) + rows)  # (word, image)
+        return cls({"vids": vids, "sizes": sizes,
+                    "offsets": np.searchsorted(word[order], np.arange(words + 1)),
+                    "rows": rows[order], "signatures": signatures[order],
+                    "points": points[order], "poses": poses[order],
+                    "df": np.bincount(pairs // max(1, len(vids)), minlength=words
+                                      ).astype(np.int32)})
 
     def save(self, folder: Path) -> None:
         staging = folder.with_name(folder.name + ".tmp")
@@ -134,8 +156,17 @@ class _Segment:
 
 
 @dataclass(frozen=True)
+class _State:
+    """What local/index.json records: the segments, oldest first, and the last vector id
+    they cover."""
+
+    segments: tuple[str, ...] = ()
+    last_vid: int = 0
+
+
+@dataclass(frozen=True)
 class _Votes:
-    """One segment's matches with a query: query point, image row, posting, distance."""
+    """One segment's matches with a query: query point, image row, posting, and weight."""
 
     query: np.ndarray
     image: np.ndarray
@@ -152,40 +183,51 @@ class LocalIndex:
         self.vocabulary = vocabulary
         self._lock = threading.Lock()
         self._loaded: tuple[str, list[_Segment]] | None = None  # (index.json text, segments)
+        self._last = 0  # the last vector id the loaded segments cover
+        self._tail: tuple[int, list[_Segment]] = (-1, [])  # (catalog generation, segment)
 
     # -- writing ------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, object]:
+    def _state(self, text: str | None = None) -> _State:
+        """What index.json says (`text`, when read already); nothing when it is missing,
+        made with another vocabulary, or ahead of the catalog (a catalog made anew): the
+        segments are then rebuilt from the catalog."""
         try:
-            state = json.loads((self.folder / "index.json").read_text())
-        except (OSError, ValueError):
-            return {"segments": [], "last_vid": 0}
-        if state.get("vocabulary") != self.vocabulary.fingerprint:
-            return {"segments": [], "last_vid": 0}  # built with another vocabulary: rebuild
+            data = json.loads(text if text is not None
+                              else (self.folder / "index.json").read_text())
+            state = _State(tuple(map(str, data["segments"])), int(data["last_vid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return _State()
+        if (data.get("vocabulary") != self.vocabulary.fingerprint
+                or state.last_vid > self.catalog.sync_point().last_vid):
+            return _State()
         return state
+
+    def rebuild(self) -> None:
+        """Segments made anew from the catalog's words (what `check --repair` does)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.save()
 
     def save(self) -> None:
         """Make a segment of the images committed since the last one, and merge (the
         collection's writer lock held)."""
         state = self._state()
-        segments: list[str] = list(state["segments"])  # type: ignore[call-overload]
-        last = int(state["last_vid"])  # type: ignore[call-overload]
-        new = self.catalog.local_words_after(last)
+        segments = list(state.segments)
+        new = self.catalog.local_words_after(state.last_vid)
         if not new:
             return
         first, last = new[0][0], new[-1][0]
-        self._write(f"seg-{first:012d}-{last:012d}",
-                    [(vid, Words.from_bytes(blob)) for vid, blob in new])
+        self._save(f"seg-{first:012d}-{last:012d}", _Segment.build(
+            [(vid, Words.from_bytes(blob)) for vid, blob in new], len(self.vocabulary)))
         segments.append(f"seg-{first:012d}-{last:012d}")
         while len(segments) >= 2 and (
                 2 * self._size(segments[-1]) >= self._size(segments[-2])):
             older, newer = segments[-2], segments[-1]
-            items = []
-            for name in (older, newer):
-                segment = _Segment.load(self.folder / name)
-                items += segment.items(self._alive(np.asarray(segment.vids)))
-            merged = f"seg-{older[4:16]}-{newer[17:]}"
-            self._write(merged, items)
+            parts = [_Segment.load(self.folder / name) for name in (older, newer)]
+            merged = f"seg-{older[4:16]}-{newer[17:]}"  # removed images are dropped here
+            self._save(merged, _Segment.merge(
+                [(part, self._alive(np.asarray(part.vids))) for part in parts],
+                len(self.vocabulary)))
             segments[-2:] = [merged]
         with atomic_write(self.folder / "index.json") as fh:
             json.dump({"vocabulary": self.vocabulary.fingerprint, "segments": segments,
@@ -194,12 +236,10 @@ class LocalIndex:
             if stale.name.startswith("seg-") and stale.name not in segments:
                 shutil.rmtree(stale, ignore_errors=True)
 
-    def _write(self, name: str, items: list[tuple[int, Words]]) -> None:
+    def _save(self, name: str, segment: _Segment) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / name
-        if target.exists():  # a merge that reuses a name (same first and last id)
-            shutil.rmtree(target)
-        _Segment.build(items, len(self.vocabulary)).save(target)
+        shutil.rmtree(self.folder / name, ignore_errors=True)  # left by a save cut short
+        segment.save(self.folder / name)
 
     def _size(self, name: str) -> int:
         return int(np.load(self.folder / name / "vids.npy", mmap_mode="r").shape[0])
@@ -213,7 +253,7 @@ class LocalIndex:
         the catalog's copy of the words (14 bytes a point)."""
         state = self._state()
         images = points = size = 0
-        for name in state["segments"]:  # type: ignore[attr-defined]
+        for name in state.segments:
             folder = self.folder / name
             images += int(np.load(folder / "vids.npy", mmap_mode="r").shape[0])
             points += int(np.load(folder / "rows.npy", mmap_mode="r").shape[0])
@@ -225,23 +265,34 @@ class LocalIndex:
 
     def _segments(self) -> list[_Segment]:
         """The saved segments (loaded again when a save changed them), and the images
-        committed after them."""
+        committed after them (read again when the catalog changed)."""
         with self._lock:
-            try:
-                text = (self.folder / "index.json").read_text()
-            except OSError:
-                text = ""
-            if self._loaded is None or self._loaded[0] != text:
-                state = self._state()
-                self._loaded = (text, [_Segment.load(self.folder / name)
-                                       for name in state["segments"]])  # type: ignore[attr-defined]
-                self._last = int(state["last_vid"])  # type: ignore[call-overload]
-            saved = self._loaded[1]
-        tail = self.catalog.local_words_after(self._last)
-        if tail:
-            saved = [*saved, _Segment.build([(v, Words.from_bytes(b)) for v, b in tail],
-                                             len(self.vocabulary))]
-        return saved
+            for attempt in range(3):  # a save may delete what an older index.json names
+                try:
+                    text = (self.folder / "index.json").read_text()
+                except OSError:
+                    text = ""
+                if self._loaded is not None and self._loaded[0] == text:
+                    break
+                state = self._state(text)
+                try:
+                    self._loaded = (text, [_Segment.load(self.folder / name)
+                                           for name in state.segments])
+                except OSError:
+                    if attempt == 2:
+                        raise
+                    continue
+                self._last = state.last_vid
+                self._tail = (-1, [])
+                break
+            assert self._loaded is not None
+            generation = self.catalog.generation
+            if self._tail[0] != generation:
+                tail = self.catalog.local_words_after(self._last)
+                self._tail = (generation, [_Segment.build(
+                    [(v, Words.from_bytes(b)) for v, b in tail], len(self.vocabulary))]
+                    if tail else [])
+            return [*self._loaded[1], *self._tail[1]]
 
     def search(self, query: Words, candidates: int = VERIFIED,
                alive: Callable[[np.ndarray], np.ndarray] | None = None) -> list[LocalMatch]:
@@ -293,18 +344,45 @@ def _votes(segment: _Segment, query: Words, idf: np.ndarray) -> _Votes:
     weight = idf[words[owner]] ** 2 * np.exp(-(distance.astype(np.float32) / SIGMA) ** 2)
     point = owner // query.words.shape[1]
     image = np.asarray(segment.rows[posting]).astype(np.int64)
-    # one vote per query point and image: the heaviest
-    order = np.lexsort((-weight, image, point))
-    first = np.r_[True, (np.diff(point[order]) != 0) | (np.diff(image[order]) != 0)]
-    keep = order[first]
+    # one vote per query point and image, and per indexed point: the heaviest
+    keep = _heaviest(weight, image, point)
+    keep = keep[_heaviest(weight[keep], image[keep], posting[keep])]
     return _Votes(point[keep], image[keep], posting[keep], weight[keep])
 
 
+def _heaviest(weight: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Where the heaviest vote of each combination of `keys` is."""
+    order = np.lexsort((-weight, *keys[::-1]))
+    changed = np.zeros(len(order), bool)
+    changed[:1] = True
+    for key in keys:
+        changed[1:] |= np.diff(key[order]) != 0
+    return order[changed]
+
+
+def _consistent(query: np.ndarray, indexed: np.ndarray) -> np.ndarray:
+    """Which matches agree with the most common turn and change of scale between the
+    query's keypoints and the image's, within a bin either side (weak geometric
+    consistency: chance matches scatter, a copy's agree)."""
+    turn = ((indexed[:, 0].astype(np.int64) - query[:, 0]) % 256) // TURN_BIN
+    scale = (indexed[:, 1].astype(np.int64) - query[:, 1] + 256) // SCALE_BIN
+    turns, scales = 256 // TURN_BIN, 512 // SCALE_BIN
+    counts = np.bincount(turn * scales + scale, minlength=turns * scales).reshape(turns, scales)
+    # each bin with its neighbours (turns wrap around), so a peak on a border counts whole
+    pooled = np.sum([np.roll(counts, (a, b), (0, 1)) for a in (-1, 0, 1) for b in (-1, 0, 1)],
+                    axis=0)
+    best_turn, best_scale = np.unravel_index(int(np.argmax(pooled)), pooled.shape)
+    near_turn = np.minimum((turn - best_turn) % turns, (best_turn - turn) % turns) <= 1
+    return np.flatnonzero(near_turn & (np.abs(scale - best_scale) <= 1))
+
+
 def _place(query: Words, segment: _Segment, votes: _Votes, row: int
-           ) -> tuple[int, Box] | None:
+           ) -> tuple[int, Box, np.ndarray] | None:
     """RANSAC over the query's matched points in image `row`: the inliers and the box."""
-    mine = votes.image == row
-    if mine.sum() < MIN_INLIERS:
+    mine = np.flatnonzero(votes.image == row)
+    mine = mine[_consistent(query.poses[votes.query[mine]],
+                            np.asarray(segment.poses[votes.posting[mine]]))]
+    if len(mine) < MIN_INLIERS:
         return None
     size = (int(segment.sizes[row, 0]), int(segment.sizes[row, 1]))
     source = query.points[votes.query[mine]]
@@ -320,4 +398,6 @@ def _place(query: Words, segment: _Segment, votes: _Votes, row: int
     if inliers < MIN_INLIERS or not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
         return None
     box = verification.place(transform, query.size, size)
-    return None if box is None else (inliers, box)
+    if box is None or min(box[2] - box[0], box[3] - box[1]) < MIN_SIDE:
+        return None
+    return inliers, box, transform

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from lookalike import verification
 from lookalike.calibration import Calibrator
@@ -29,22 +30,21 @@ def verified(query: EncodeInput, hits: list[Hit], depth: int,
     keypoints verify first (most inliers first), then those where the query's pixels match
     (least difference first), each boxed where the query lies; then the others in their
     order, then the hits past `depth`. `found` are hits verified already (by the
-    local-feature index, with inliers and box), by image id: they join the first group,
-    from the shortlist or not."""
+    local-feature index, with inliers and box), by image id: they join the first group
+    where the keypoints do not verify them, from the shortlist or not."""
     found = found or {}
     image = decode(query[0]).crop(query[1]) if isinstance(query, tuple) else decode(query).image
     query_points, template = keypoints(image), verification.Template(image)
     by_keypoints, by_pixels, unverified = [], [], []
     for hit in hits[:depth]:
-        if hit.id in found:
-            by_keypoints.append(found[hit.id])
-            continue
         evidence = file_evidence(hit.path)
         match = verification.verify(query_points, evidence[0]) if evidence else None
-        placed = (verification.locate(template, evidence[1])
-                  if evidence is not None and match is None else None)
+        placed = (verification.locate(template, evidence[1]) if evidence is not None
+                  and match is None and hit.id not in found else None)
         if match is not None:
             by_keypoints.append(replace(hit, inliers=match.inliers, box=match.box))
+        elif hit.id in found:
+            by_keypoints.append(found[hit.id])
         elif placed is not None:
             by_pixels.append(replace(hit, pixel_error=placed.error, box=placed.box))
         else:
@@ -54,6 +54,24 @@ def verified(query: EncodeInput, hits: list[Hit], depth: int,
     by_keypoints.sort(key=lambda h: -(h.inliers or 0))
     by_pixels.sort(key=lambda h: h.pixel_error or 0.0)
     return by_keypoints + by_pixels + unverified + [h for h in hits[depth:] if h.id not in found]
+
+
+MIN_AGREEMENT = 0.9  # a local-feature placement's pixel correlation, below which it is chance
+AGREEMENT_DRAFT = 1024  # candidates are decoded at about this size for the check
+
+
+def agrees(query: Image.Image, path: str, transform: np.ndarray) -> bool:
+    """The indexed file's pixels where `transform` (query pixels -> its pixels) places the
+    query correlate with the query's (`verification.agreement`). The local-feature index
+    matches quantised points, and a few of them (a small detail has few) can agree on a
+    placement by chance: on photo-crops, 90 % of the true placements correlate at least
+    0.9, 2 % of the chance ones (benchmarks/RESULTS.md)."""
+    try:
+        found = decode(path, draft_size=AGREEMENT_DRAFT)
+    except ImageError:
+        return False
+    shrink = found.image.width / found.full_size[0]  # JPEG draft decoding may shrink it
+    return verification.agreement(query, found.image, transform * shrink) >= MIN_AGREEMENT
 
 
 def file_evidence(path: str) -> tuple[Keypoints, Thumbnails] | None:
