@@ -276,3 +276,25 @@ def test_search_on_a_cached_model_imports_neither_torch_nor_timm(
     assert out.strip() and imported == set()  # --like loads no model at all
     imported, _ = _modules_after("search", "-c", coll)  # a usage error: nothing heavy
     assert imported == set()
+
+
+def test_local_features_find_a_small_detail(samples: list[Path], tmp_path: Path) -> None:
+    """`index --local-features` says what they take; `search --verify` finds the source of
+    a 50 px detail through them, boxed where it lies."""
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for path in samples:
+        (root / path.name).write_bytes(path.read_bytes())
+    result = run("index", root, "-c", tmp_path / "coll", "--local-features", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "local features" in result.stdout and "points an image" in result.stdout
+    detail = tmp_path / "detail.png"
+    Image.open(root / "brick.jpg").convert("RGB").crop((200, 200, 251, 251)).save(detail)
+    hits = json.loads(run("search", "-c", tmp_path / "coll", detail, "-k", "3", "--verify",
+                          "2", "--json").stdout)
+    assert hits[0]["id"] == "brick.jpg" and hits[0]["inliers"] >= 4
+    assert all(abs(a - b) <= 6 for a, b in zip(hits[0]["box"], (200, 200, 251, 251),
+                                                strict=True))

@@ -135,7 +135,10 @@ def index(folder: Path | None, collection: Path, model: str | None, index_spec: 
                    f"({info['vectors_per_image']} an image) in index {info['spec']}"
                    + (f" (chose {info['chosen']})" if "chosen" in info else "")
                    + f"; vectors {info['vector_bytes'] / 2**20:.1f} MiB, "
-                   f"index structure {info['structure_bytes'] / 2**20:.1f} MiB")
+                   f"index structure {info['structure_bytes'] / 2**20:.1f} MiB"
+                   + (f", local features {info['local_bytes'] / 2**20:.1f} MiB "
+                      f"({info['local_points'] / max(1, info['local_images']):.0f} points an "
+                      "image)" if "local_bytes" in info else ""))
 
 
 @cli.command()

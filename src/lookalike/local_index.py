@@ -41,7 +41,6 @@ from lookalike.atomic import atomic_write
 from lookalike.catalog import Catalog
 from lookalike.images import Box
 from lookalike.local_features import Vocabulary, Words
-from lookalike.verification import opencv
 
 MAX_HAMMING = 24        # of 64 bits: signatures further apart are not the same feature
 SIGMA = 16.0            # a vote's weight falls with its Hamming distance
@@ -382,21 +381,13 @@ def _place(query: Words, segment: _Segment, votes: _Votes, row: int
     mine = np.flatnonzero(votes.image == row)
     mine = mine[_consistent(query.poses[votes.query[mine]],
                             np.asarray(segment.poses[votes.posting[mine]]))]
-    if len(mine) < MIN_INLIERS:
-        return None
     size = (int(segment.sizes[row, 0]), int(segment.sizes[row, 1]))
-    source = query.points[votes.query[mine]]
     target = np.asarray(segment.points[votes.posting[mine]]) / 65535.0 * np.array(size)
-    cv2 = opencv()
-    transform, mask = cv2.estimateAffinePartial2D(
-        source.astype(np.float32), target.astype(np.float32), method=cv2.RANSAC,
-        ransacReprojThreshold=REPROJECTION * max(size), maxIters=2000)
-    if transform is None or mask is None:
+    found = verification.similarity(query.points[votes.query[mine]], target,
+                                    REPROJECTION * max(size), MIN_INLIERS, SCALE_RANGE)
+    if found is None:
         return None
-    inliers = int(mask.sum())
-    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
-    if inliers < MIN_INLIERS or not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
-        return None
+    transform, inliers = found
     box = verification.place(transform, query.size, size)
     if box is None or min(box[2] - box[0], box[3] - box[1]) < MIN_SIDE:
         return None

@@ -161,22 +161,34 @@ def verify(query: Keypoints, candidate: Keypoints) -> Match | None:
     on one similarity transform; otherwise None."""
     if len(query) < MIN_INLIERS or len(candidate) < MIN_INLIERS:
         return None
-    source, target = _matches(query, candidate)
-    if len(source) < MIN_INLIERS:
+    found = similarity(*_matches(query, candidate), REPROJECTION_PX, MIN_INLIERS, SCALE_RANGE)
+    if found is None:
         return None
-    cv2 = opencv()
-    transform, inlier_mask = cv2.estimateAffinePartial2D(
-        source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX)
-    if transform is None or inlier_mask is None:
-        return None
-    inliers = int(inlier_mask.sum())
-    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
-    if inliers < MIN_INLIERS or not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
-        return None
+    transform, inliers = found
     # in the images' own pixels: query pixels -> working -> candidate working -> own
     transform = np.hstack([transform[:, :2] * query.scale, transform[:, 2:]]) / candidate.scale
     box = place(transform, query.size, candidate.size)
     return None if box is None else Match(inliers, box, transform)
+
+
+def similarity(source: np.ndarray, target: np.ndarray, reach: float, least: int,
+               scales: tuple[float, float]) -> tuple[np.ndarray, int] | None:
+    """The similarity transform (2 x 3, source -> target) that the most point pairs agree
+    on within `reach` pixels (RANSAC), and how many do; None when fewer than `least` do or
+    its scale is outside `scales` (points collapsed or spread: degenerate)."""
+    if len(source) < least:
+        return None
+    cv2 = opencv()
+    transform, inlier_mask = cv2.estimateAffinePartial2D(
+        source.astype(np.float32), target.astype(np.float32), method=cv2.RANSAC,
+        ransacReprojThreshold=reach)
+    if transform is None or inlier_mask is None:
+        return None
+    inliers = int(inlier_mask.sum())
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    if inliers < least or not scales[0] < scale < scales[1]:
+        return None
+    return transform, inliers
 
 
 def place(transform: np.ndarray, size: tuple[int, int], within: tuple[int, int]
