@@ -201,7 +201,7 @@ def _slow_verification(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
     import lookalike.collection
 
-    def slow(query, hits, depth):  # type: ignore[no-untyped-def]
+    def slow(query, hits, depth, found=None):  # type: ignore[no-untyped-def]
         clock.sleep(seconds)
         return hits
 
