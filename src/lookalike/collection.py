@@ -18,6 +18,7 @@ manifest the indexed folder, so that either can be rebuilt from the other
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -114,8 +115,6 @@ class Collection:
         self.writer = writer or WriterLock(path)
         self.index = LiveIndex(path, self.catalog, manifest.index, manifest.dim, self.writer,
                                has_regions=manifest.regions != "none")
-        self.local = LocalIndex(path, self.catalog, shipped_vocabulary()) \
-            if manifest.local_features else None  # the local-feature index, if it has one
         self._encoder = encoder
         self.upgraded: str | None = None  # what `open(upgrade=True)` did
 
@@ -225,6 +224,14 @@ class Collection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @functools.cached_property
+    def local(self) -> LocalIndex | None:
+        """The local-feature index, if the collection has one (its vocabulary, 0.25 s to
+        load, loads on first use: a search that does not verify needs none)."""
+        if not self.manifest.local_features:
+            return None
+        return LocalIndex(self.path, self.catalog, shipped_vocabulary())
 
     @property
     def encoder(self) -> Encoder:
