@@ -83,7 +83,7 @@ def demo(out: Path) -> None:
 @click.option("--local-features", is_flag=True,
               help="For a new collection: also index each image's SIFT keypoints as visual "
               "words, so that `search --verify` finds the source of small details (10 %% of "
-              "the side) that no vector finds; ~28 KB an image (needs the `verify` extra).")
+              "the side) that no vector finds; ~55 KB an image (needs the `verify` extra).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Embed on a Ray cluster (the ray extra): auto (the running cluster), "

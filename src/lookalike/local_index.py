@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +248,7 @@ class LocalIndex:
 
     def describe(self) -> dict[str, int]:
         """Images and points in the saved segments, and the bytes they take on disk, with
-        the catalog's copy of the words (14 bytes a point)."""
+        the catalog's copy of the words (16 bytes a point)."""
         state = self._state()
         images = points = size = 0
         for name in state.segments:
@@ -258,7 +257,7 @@ class LocalIndex:
             points += int(np.load(folder / "rows.npy", mmap_mode="r").shape[0])
             size += sum(f.stat().st_size for f in folder.iterdir())
         return {"local_images": images, "local_points": points,
-                "local_bytes": size + 14 * points + 12 * images}
+                "local_bytes": size + 16 * points + 12 * images}
 
     # -- reading ------------------------------------------------------------------------
 
@@ -293,8 +292,7 @@ class LocalIndex:
                     if tail else [])
             return [*self._loaded[1], *self._tail[1]]
 
-    def search(self, query: Words, candidates: int = VERIFIED,
-               alive: Callable[[np.ndarray], np.ndarray] | None = None) -> list[LocalMatch]:
+    def search(self, query: Words, candidates: int = VERIFIED) -> list[LocalMatch]:
         """The images the query's points verify in, most inliers first; the best-voted
         `candidates` are checked."""
         segments = self._segments()
@@ -312,7 +310,7 @@ class LocalIndex:
         scores.sort(key=lambda s: -s[0])
         best = scores[:2 * candidates]
         vids = np.array([int(segments[n].vids[r]) for _, n, r in best], np.int64)
-        living = (alive or self._alive)(vids) if len(vids) else np.zeros(0, bool)
+        living = self._alive(vids) if len(vids) else np.zeros(0, bool)
         matches = []
         checked = [(b, v) for b, v, ok in zip(best, vids, living, strict=True) if ok]
         for (score, number, row), vid in checked[:candidates]:
