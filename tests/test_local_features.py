@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 pytest.importorskip("cv2")
 
 from lookalike import Collection
+from lookalike.errors import LookalikeError
 from lookalike.images import decode
 from lookalike.local_features import QUERY_WORDS, Words, describe, shipped_vocabulary
 
@@ -140,3 +141,8 @@ def test_follows_additions_and_removals(collections, samples: list[Path]) -> Non
     assert len(segments) <= 3
     assert info["local_images"] >= len(coll) - 0  # each image once; removed ones until merged
     assert info["local_images"] <= len(coll) + 2
+    with coll.catalog.transaction(bump=False) as db:  # words of another vocabulary
+        coll.catalog.set_meta(db, "local_vocabulary", "0" * 16)
+    with Collection.open(coll.path) as reopened, \
+            pytest.raises(LookalikeError, match="another visual vocabulary"):
+        _ = reopened.local

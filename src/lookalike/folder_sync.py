@@ -26,6 +26,8 @@ from lookalike.local_features import file_words
 from lookalike.local_index import LocalIndex
 from lookalike.regions import Regions
 
+LOCAL_SAVE_BATCHES = 16  # the local-feature index is saved this often during a long run
+
 
 @dataclass
 class IndexReport:
@@ -119,7 +121,10 @@ def sync_files(scan: FolderScan, known: Mapping[str, ImageRecord], catalog: Cata
     batches = embedder().iter_batches([p for _, p, _, _ in todo], batch_size=batch_size,
                                     progress=progress, regions=regions
                                     ) if todo else iter(())
-    words_of = partial(file_words, vocabulary=local.vocabulary) if local else None
+    words_of = None
+    if local is not None and todo:
+        local.claim()
+        words_of = partial(file_words, vocabulary=local.vocabulary)
     with ThreadPoolExecutor(os.cpu_count()) as describing:  # OpenCV releases the GIL
         for number, batch in enumerate(batches):
             words: list[bytes | None] = [None] * len(batch.positions)
@@ -144,6 +149,8 @@ def sync_files(scan: FolderScan, known: Mapping[str, ImageRecord], catalog: Cata
                                          None, "error", error.reason)
                     catalog.put_image(db, record, [])
                     report.failed[image_id] = error.reason
+            if local is not None and number % LOCAL_SAVE_BATCHES == LOCAL_SAVE_BATCHES - 1:
+                local.save()  # a long run: readers beside it then read few unsaved words
             if after_batch is not None:
                 after_batch(number)
     index.save()

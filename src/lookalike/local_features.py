@@ -171,7 +171,8 @@ class Vocabulary:
         self._index.train(self.centroids)
         self._index.add(self.centroids)
         self._index.nprobe = LOOKUP_PROBES
-        self.fingerprint = hashlib.sha256(self.centroids.tobytes()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(b"".join(
+            a.tobytes() for a in (self.centroids, self.projection, self.medians))).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.centroids)

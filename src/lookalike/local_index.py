@@ -38,6 +38,7 @@ import numpy as np
 from lookalike import verification
 from lookalike.atomic import atomic_write
 from lookalike.catalog import Catalog
+from lookalike.errors import LookalikeError
 from lookalike.images import Box
 from lookalike.local_features import Vocabulary, Words
 
@@ -135,15 +136,12 @@ class _Segment:
         staging.mkdir(parents=True)
         for name in ARRAYS:
             np.save(staging / f"{name}.npy", getattr(self, name))
-        fd = os.open(staging, os.O_RDONLY)
-        try:
-            for name in ARRAYS:
-                with open(staging / f"{name}.npy", "rb+") as f:
-                    os.fsync(f.fileno())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for name in ARRAYS:
+            with open(staging / f"{name}.npy", "rb+") as f:
+                os.fsync(f.fileno())
+        _sync_folder(staging)
         os.replace(staging, folder)
+        _sync_folder(folder.parent)  # the rename is on disk before index.json names it
 
     @classmethod
     def load(cls, folder: Path) -> _Segment:
@@ -151,6 +149,17 @@ class _Segment:
 
     def __len__(self) -> int:
         return len(self.vids)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder's entries (Windows cannot open a folder, nor needs to)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -176,15 +185,30 @@ class LocalIndex:
     """The local-feature index of the collection at `folder`, following `catalog`."""
 
     def __init__(self, folder: Path, catalog: Catalog, vocabulary: Vocabulary) -> None:
+        """Words of another vocabulary than the catalog's would match nonsense: an error."""
+        recorded = catalog.get_meta("local_vocabulary")
+        if recorded is not None and recorded != vocabulary.fingerprint:
+            raise LookalikeError(
+                f"{folder}: its local features were made with another visual vocabulary "
+                f"({recorded}, this lookalike has {vocabulary.fingerprint}); re-create the "
+                "collection to search them")
         self.folder = folder / "local"
         self.catalog = catalog
         self.vocabulary = vocabulary
         self._lock = threading.Lock()
         self._loaded: tuple[str, list[_Segment]] | None = None  # (index.json text, segments)
         self._last = 0  # the last vector id the loaded segments cover
-        self._tail: tuple[int, list[_Segment]] = (-1, [])  # (catalog generation, segment)
+        self._tail: list[_Segment] = []  # the images committed after the saved segments,
+        self._tail_last = 0  # ... up to this vector id
+        self._generation = -1  # the catalog's, when the tail was last followed
 
     # -- writing ------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Record in the catalog which vocabulary its words are of (before any is written)."""
+        if self.catalog.get_meta("local_vocabulary") is None:
+            with self.catalog.transaction(bump=False) as db:
+                self.catalog.set_meta(db, "local_vocabulary", self.vocabulary.fingerprint)
 
     def _state(self, text: str | None = None) -> _State:
         """What index.json says (`text`, when read already); nothing when it is missing,
@@ -280,17 +304,17 @@ class LocalIndex:
                     if attempt == 2:
                         raise
                     continue
-                self._last = state.last_vid
-                self._tail = (-1, [])
+                self._tail, self._tail_last, self._generation = [], state.last_vid, -1
                 break
             assert self._loaded is not None
-            generation = self.catalog.generation
-            if self._tail[0] != generation:
-                tail = self.catalog.local_words_after(self._last)
-                self._tail = (generation, [_Segment.build(
-                    [(v, Words.from_bytes(b)) for v, b in tail], len(self.vocabulary))]
-                    if tail else [])
-            return [*self._loaded[1], *self._tail[1]]
+            if self._generation != self.catalog.generation:  # only the new commits' words
+                self._generation = self.catalog.generation
+                new = self.catalog.local_words_after(self._tail_last)
+                if new:
+                    self._tail.append(_Segment.build(
+                        [(v, Words.from_bytes(b)) for v, b in new], len(self.vocabulary)))
+                    self._tail_last = new[-1][0]
+            return [*self._loaded[1], *self._tail]
 
     def search(self, query: Words, candidates: int = VERIFIED) -> list[LocalMatch]:
         """The images the query's points verify in, most inliers first; the best-voted
